@@ -1,0 +1,179 @@
+// smisk-ipc: the backend concept.
+// SPDX-License-Identifier: MIT
+//
+// A backend stores bytes under bytes and offers the atomic primitives shared_dict is built on.
+// shared_dict<K, V, Backend> never looks past this interface, so a new engine (LMDB, Redis, ...)
+// is one class that satisfies it; tests/map_backend.hpp is a complete example.
+//
+//   struct my_backend {
+//     using options = ...;   // an aggregate; a default-constructed one must be usable
+//
+//     // Opens the store, remembering the key and value type tags of a new store and throwing
+//     // type_mismatch if an existing one was created with others.
+//     my_backend(const options&, std::string_view key_type, std::string_view value_type);
+//
+//     // Required. Every call is atomic with respect to every other process and thread.
+//     template <class F> bool get(std::string_view key, F&& consume) const;
+//         // calls consume(std::string_view value) once if the key exists; returns whether it did
+//     bool exists(std::string_view key) const;
+//     void put(std::string_view key, std::string_view value);
+//     bool add(std::string_view key, std::string_view value);   // false if the key was present
+//     bool remove(std::string_view key);                        // false if it was absent
+//     template <class F> void modify(std::string_view key, F&& step);
+//         // read-modify-write: step(const std::string_view* current, std::string& out)
+//         // returns modify_action::keep / store (the bytes in out) / erase. `current` is null
+//         // when the key is absent. The step may run more than once (conflict retry); only the
+//         // last run's action is applied. An exception from step leaves the key unchanged.
+//     void sync();                                              // flush to durable storage
+//
+//     // Optional capabilities; shared_dict's size()/keys()/clear()/... need them.
+//     template <class F> void for_each(F&& fn) const;     // fn(std::string_view k, std::string_view v)
+//     std::size_t count() const;
+//     void clear();
+//   };
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+
+namespace smisk::ipc {
+
+/// What one step of backend::modify() does with its key.
+enum class modify_action { keep, store, erase };
+
+namespace detail {
+
+struct probe_consume {
+  void operator()(std::string_view) const {}
+};
+struct probe_step {
+  modify_action operator()(const std::string_view*, std::string&) const {
+    return modify_action::keep;
+  }
+};
+struct probe_visit {
+  void operator()(std::string_view, std::string_view) const {}
+};
+
+template <class B, class = void>
+struct has_options : std::false_type {};
+template <class B>
+struct has_options<B, std::void_t<typename B::options>> : std::true_type {};
+
+template <class B, class = void>
+struct has_get : std::false_type {};
+template <class B>
+struct has_get<B, std::void_t<decltype(bool{std::declval<const B&>().get(std::string_view{},
+                                                                         probe_consume{})})>>
+    : std::true_type {};
+
+template <class B, class = void>
+struct has_exists : std::false_type {};
+template <class B>
+struct has_exists<B,
+                  std::void_t<decltype(bool{std::declval<const B&>().exists(std::string_view{})})>>
+    : std::true_type {};
+
+template <class B, class = void>
+struct has_put : std::false_type {};
+template <class B>
+struct has_put<B, std::void_t<decltype(std::declval<B&>().put(std::string_view{},
+                                                              std::string_view{}))>>
+    : std::true_type {};
+
+template <class B, class = void>
+struct has_add : std::false_type {};
+template <class B>
+struct has_add<B, std::void_t<decltype(bool{std::declval<B&>().add(std::string_view{},
+                                                                   std::string_view{})})>>
+    : std::true_type {};
+
+template <class B, class = void>
+struct has_remove : std::false_type {};
+template <class B>
+struct has_remove<B, std::void_t<decltype(bool{std::declval<B&>().remove(std::string_view{})})>>
+    : std::true_type {};
+
+template <class B, class = void>
+struct has_modify : std::false_type {};
+template <class B>
+struct has_modify<B, std::void_t<decltype(std::declval<B&>().modify(std::string_view{},
+                                                                    probe_step{}))>>
+    : std::true_type {};
+
+template <class B, class = void>
+struct has_sync : std::false_type {};
+template <class B>
+struct has_sync<B, std::void_t<decltype(std::declval<B&>().sync())>> : std::true_type {};
+
+template <class B, class = void>
+struct has_for_each : std::false_type {};
+template <class B>
+struct has_for_each<B, std::void_t<decltype(std::declval<const B&>().for_each(probe_visit{}))>>
+    : std::true_type {};
+
+template <class B, class = void>
+struct has_count : std::false_type {};
+template <class B>
+struct has_count<B, std::void_t<decltype(std::size_t{std::declval<const B&>().count()})>>
+    : std::true_type {};
+
+template <class B, class = void>
+struct has_clear : std::false_type {};
+template <class B>
+struct has_clear<B, std::void_t<decltype(std::declval<B&>().clear())>> : std::true_type {};
+
+template <class B, class = void>
+struct has_open_constructor : std::false_type {};
+template <class B>
+struct has_open_constructor<B, std::enable_if_t<std::is_constructible_v<
+                                   B, const typename B::options&, std::string_view,
+                                   std::string_view>>> : std::true_type {};
+
+}  // namespace detail
+
+/// What a backend can do beyond the required primitives.
+template <class B>
+struct backend_traits {
+  static constexpr bool can_enumerate = detail::has_for_each<B>::value;
+  static constexpr bool can_count = detail::has_count<B>::value;
+  static constexpr bool can_clear = detail::has_clear<B>::value;
+};
+
+namespace detail {
+
+/// Checks the backend concept with one readable message per missing member.
+template <class B>
+constexpr bool check_backend() {
+  static_assert(has_options<B>::value,
+                "smisk::ipc backend: missing 'using options = ...;' (an aggregate of settings)");
+  if constexpr (has_options<B>::value) {
+    static_assert(has_open_constructor<B>::value,
+                  "smisk::ipc backend: missing the constructor 'B(const options&, std::string_view "
+                  "key_type, std::string_view value_type)' that opens the store");
+  }
+  static_assert(has_get<B>::value,
+                "smisk::ipc backend: missing 'template <class F> bool get(std::string_view key, F&& "
+                "consume) const'");
+  static_assert(has_exists<B>::value,
+                "smisk::ipc backend: missing 'bool exists(std::string_view key) const'");
+  static_assert(has_put<B>::value,
+                "smisk::ipc backend: missing 'void put(std::string_view key, std::string_view "
+                "value)'");
+  static_assert(has_add<B>::value,
+                "smisk::ipc backend: missing 'bool add(std::string_view key, std::string_view "
+                "value)' (insert if absent)");
+  static_assert(has_remove<B>::value,
+                "smisk::ipc backend: missing 'bool remove(std::string_view key)'");
+  static_assert(has_modify<B>::value,
+                "smisk::ipc backend: missing 'template <class F> void modify(std::string_view key, "
+                "F&& step)' (atomic read-modify-write)");
+  static_assert(has_sync<B>::value, "smisk::ipc backend: missing 'void sync()'");
+  return true;
+}
+
+}  // namespace detail
+}  // namespace smisk::ipc

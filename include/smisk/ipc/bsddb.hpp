@@ -1,0 +1,272 @@
+// smisk-ipc: the Berkeley DB backend (the default).
+// SPDX-License-Identifier: MIT
+//
+// Environment: DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN | DB_THREAD |
+// DB_REGISTER | DB_RECOVER | DB_FAILCHK. Every write is a transaction (auto-commit, or an
+// explicit one for read-modify-write), so a deadlock aborts cleanly and is retried, and a crashed
+// process is recovered from the log. Logs live in the home (on tmpfs for temporary dicts) and are
+// removed automatically after checkpoints.
+#pragma once
+
+#include <db.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "backend.hpp"
+#include "detail/bdb_env.hpp"
+#include "error.hpp"
+#include "shared_dict.hpp"
+
+namespace smisk::ipc::bsddb {
+
+/// What the library did in this process (all dicts together).
+struct statistics {
+  std::uint64_t deadlock_retries;     ///< operations retried after a deadlock or lock conflict
+  std::uint64_t checkpoints;          ///< checkpoints taken
+  std::uint64_t environments_opened;  ///< DB_ENV handles opened (after fork, again in the child)
+  std::uint64_t stale_homes_cleaned;  ///< temporary homes left by crashed processes, wiped
+  std::uint64_t homes_removed;        ///< temporary home directories removed by the last user
+};
+
+/// The counters of this process.
+inline statistics stats() noexcept {
+  auto& s = detail::bdb::stats();
+  return {s.deadlock_retries.load(), s.checkpoints.load(), s.environments_opened.load(),
+          s.stale_homes_cleaned.load(), s.homes_removed.load()};
+}
+
+/// Berkeley DB backend of shared_dict. One environment per home and process, one DB handle per
+/// database and process, shared by every dict handle; reopened in a child after fork().
+class backend {
+ public:
+  using options = bsddb::options;
+
+  /// Opens (creating if needed) the database. @throws home_error, type_mismatch, engine_error.
+  backend(const options& o, std::string_view key_type, std::string_view value_type)
+      : options_(o), key_type_(key_type), value_type_(value_type) {
+    owner_ = detail::bdb::registry::instance().open(options_, key_type_, value_type_);
+    current_.store(owner_.get(), std::memory_order_release);
+  }
+
+  backend(const backend&) = delete;
+  backend& operator=(const backend&) = delete;
+
+  template <class F>
+  bool get(std::string_view key, F&& consume) const {
+    thread_local std::string buffer;
+    if (buffer.size() < 512) buffer.resize(512);
+    DBT k = detail::bdb::make_dbt(key);
+    DBT v;
+    std::memset(&v, 0, sizeof v);
+    v.flags = DB_DBT_USERMEM;
+    int rc = run("DB->get", [&](detail::bdb::database& d) {
+      for (;;) {
+        v.data = buffer.data();
+        v.ulen = static_cast<u_int32_t>(buffer.size());
+        int r = d.handle()->get(d.handle(), nullptr, &k, &v, 0);
+        if (r != DB_BUFFER_SMALL) return r;
+        buffer.resize(v.size);
+      }
+    });
+    if (rc == DB_NOTFOUND) return false;
+    consume(std::string_view(buffer.data(), v.size));
+    return true;
+  }
+
+  bool exists(std::string_view key) const {
+    DBT k = detail::bdb::make_dbt(key);
+    return run("DB->exists", [&](detail::bdb::database& d) {
+             return d.handle()->exists(d.handle(), nullptr, &k, 0);
+           }) == 0;
+  }
+
+  void put(std::string_view key, std::string_view value) { write("DB->put", key, value, 0); }
+
+  bool add(std::string_view key, std::string_view value) {
+    return write("DB->put", key, value, DB_NOOVERWRITE) == 0;
+  }
+
+  bool remove(std::string_view key) {
+    DBT k = detail::bdb::make_dbt(key);
+    int rc = run("DB->del", [&](detail::bdb::database& d) {
+      return d.handle()->del(d.handle(), nullptr, &k, 0);
+    });
+    if (rc == 0) current().env().note_write();
+    return rc == 0;
+  }
+
+  /// Read-modify-write in one transaction: get with DB_RMW (a write lock on the key's page),
+  /// then put or del, then commit; retried from the start on deadlock.
+  template <class F>
+  void modify(std::string_view key, F&& step) {
+    DBT k = detail::bdb::make_dbt(key);
+    std::string current_value(256, '\0');
+    std::string out;
+    bool wrote = false;
+    run("DB_TXN", [&](detail::bdb::database& d) {
+      DB* db = d.handle();
+      detail::bdb::transaction txn(d.env().handle());
+      if (txn.begin_error()) return txn.begin_error();
+      DBT v;
+      std::memset(&v, 0, sizeof v);
+      v.flags = DB_DBT_USERMEM;
+      int rc;
+      for (;;) {
+        v.data = current_value.data();
+        v.ulen = static_cast<u_int32_t>(current_value.size());
+        rc = db->get(db, txn.get(), &k, &v, DB_RMW);
+        if (rc != DB_BUFFER_SMALL) break;
+        current_value.resize(v.size);
+      }
+      if (rc != 0 && rc != DB_NOTFOUND) return rc;
+      std::string_view old(current_value.data(), rc == 0 ? v.size : 0);
+      modify_action action = step(rc == 0 ? &old : nullptr, out);
+      if (action == modify_action::keep) return txn.commit();
+      if (action == modify_action::store) {
+        DBT w = detail::bdb::make_dbt(out);
+        rc = db->put(db, txn.get(), &k, &w, 0);
+      } else {
+        rc = db->del(db, txn.get(), &k, 0);
+      }
+      if (rc != 0) return rc;
+      wrote = true;
+      return txn.commit();
+    });
+    if (wrote) current().env().note_write();
+  }
+
+  void sync() {
+    run("DB_ENV->log_flush", [&](detail::bdb::database& d) {
+      int rc = d.env().handle()->log_flush(d.env().handle(), nullptr);
+      return rc != 0 ? rc : d.handle()->sync(d.handle(), 0);
+    });
+  }
+
+  // ---- enumeration --------------------------------------------------------------------------
+
+  /// Calls fn(key, value) for every record, from a snapshot read with a read-committed cursor.
+  template <class F>
+  void for_each(F&& fn) const {
+    std::vector<std::pair<std::string, std::string>> records;
+    run("DBC->get", [&](detail::bdb::database& d) {
+      records.clear();
+      std::shared_lock<std::shared_mutex> no_truncate(d.cursor_mutex());
+      DBC* cursor = nullptr;
+      int rc = d.handle()->cursor(d.handle(), nullptr, &cursor, DB_READ_COMMITTED);
+      if (rc != 0) return rc;
+      DBT k, v;
+      std::memset(&k, 0, sizeof k);
+      std::memset(&v, 0, sizeof v);
+      k.flags = v.flags = DB_DBT_REALLOC;
+      while ((rc = cursor->get(cursor, &k, &v, DB_NEXT)) == 0)
+        records.emplace_back(std::string(static_cast<const char*>(k.data), k.size),
+                             std::string(static_cast<const char*>(v.data), v.size));
+      std::free(k.data);
+      std::free(v.data);
+      int close_rc = cursor->close(cursor);
+      if (rc == DB_NOTFOUND) rc = close_rc;
+      return rc;
+    });
+    for (const auto& [key, value] : records) fn(std::string_view(key), std::string_view(value));
+  }
+
+  /// The number of records, counted by walking the database (read-committed).
+  [[nodiscard]] std::size_t count() const {
+    std::size_t n = 0;
+    run("DB->stat", [&](detail::bdb::database& d) {
+      void* sp = nullptr;
+      int rc = d.handle()->stat(d.handle(), nullptr, &sp, DB_READ_COMMITTED);
+      if (rc != 0) return rc;
+      n = d.method() == access_method::btree ? static_cast<DB_BTREE_STAT*>(sp)->bt_ndata
+                                             : static_cast<DB_HASH_STAT*>(sp)->hash_ndata;
+      std::free(sp);
+      return 0;
+    });
+    return n;
+  }
+
+  /// Removes every record in one transaction (DB->truncate).
+  void clear() {
+    run("DB->truncate", [&](detail::bdb::database& d) {
+      std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
+      detail::bdb::transaction txn(d.env().handle());
+      if (txn.begin_error()) return txn.begin_error();
+      u_int32_t removed = 0;
+      int rc = d.handle()->truncate(d.handle(), txn.get(), &removed, 0);
+      return rc != 0 ? rc : txn.commit();
+    });
+    current().env().note_write();
+  }
+
+  /// The home directory in use.
+  [[nodiscard]] std::string home() const { return current().env().lease().home(); }
+  /// The raw handles, for what the library does not wrap. Not valid across fork().
+  [[nodiscard]] DB* db_handle() const { return current().handle(); }
+  [[nodiscard]] DB_ENV* env_handle() const { return current().env().handle(); }
+
+ private:
+  /// The database of this process: reopened after fork(), refused after exit-time close.
+  detail::bdb::database& current() const {
+    detail::bdb::database* d = current_.load(std::memory_order_acquire);
+    if (d->generation() != detail::fork_generation() || d->closed()) d = refresh();
+    return *d;
+  }
+
+  detail::bdb::database* refresh() const {
+    std::lock_guard<std::mutex> lock(refresh_mutex_);
+    detail::bdb::database* d = current_.load(std::memory_order_acquire);
+    if (d->generation() == detail::fork_generation() && !d->closed()) return d;
+    if (d->generation() == detail::fork_generation())
+      throw engine_error("smisk::ipc: the dict was closed when the process began to exit");
+    // A child of fork(): the parent's handles stay untouched; open this process's own.
+    auto fresh = detail::bdb::registry::instance().open(options_, key_type_, value_type_);
+    retired_.push_back(std::move(owner_));
+    owner_ = std::move(fresh);
+    current_.store(owner_.get(), std::memory_order_release);
+    return owner_.get();
+  }
+
+  /// Runs op(database) until it returns something other than a deadlock or lock conflict.
+  /// @returns 0, DB_NOTFOUND or DB_KEYEXIST; throws on any other error.
+  template <class Op>
+  int run(const char* origin, Op&& op) const {
+    for (detail::bdb::backoff retry;; retry()) {
+      int rc = op(current());
+      if (rc == 0 || rc == DB_NOTFOUND || rc == DB_KEYEXIST) return rc;
+      if (!detail::bdb::is_retryable(rc)) detail::bdb::raise(origin, rc);
+    }
+  }
+
+  int write(const char* origin, std::string_view key, std::string_view value, u_int32_t flags) {
+    DBT k = detail::bdb::make_dbt(key);
+    DBT v = detail::bdb::make_dbt(value);
+    int rc = run(origin, [&](detail::bdb::database& d) {
+      return d.handle()->put(d.handle(), nullptr, &k, &v, flags);
+    });
+    if (rc == 0) current().env().note_write();
+    return rc;
+  }
+
+  options options_;
+  std::string key_type_;
+  std::string value_type_;
+  mutable std::mutex refresh_mutex_;
+  mutable std::shared_ptr<detail::bdb::database> owner_;
+  mutable std::vector<std::shared_ptr<detail::bdb::database>> retired_;
+  mutable std::atomic<detail::bdb::database*> current_{nullptr};
+};
+
+/// `bsddb::shared_dict<K, V>`: a shared_dict on Berkeley DB.
+template <class K, class V>
+using shared_dict = ::smisk::ipc::shared_dict<K, V, backend>;
+
+}  // namespace smisk::ipc::bsddb

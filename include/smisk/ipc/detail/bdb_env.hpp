@@ -1,0 +1,656 @@
+// smisk-ipc: Berkeley DB environments and databases shared by every handle of a process.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <db.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <atomic>
+#include <cstdint>
+#include <cstdlib>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "../error.hpp"
+#include "posix.hpp"
+
+namespace smisk::ipc::bsddb {
+
+/// The Berkeley DB access method of a dict.
+enum class access_method {
+  hash,   ///< DB_HASH: the fastest point lookups; iteration in hash order
+  btree,  ///< DB_BTREE: iteration in key order (by the encoded bytes)
+};
+
+/// What a write that returned survives.
+enum class durability_level {
+  none,           ///< DB_TXN_NOSYNC: a crash that forces recovery may lose recent writes
+  process_crash,  ///< DB_TXN_WRITE_NOSYNC (default): survives the process being killed
+  system_crash,   ///< fsync at every commit: survives power loss, at disk-flush speed
+};
+
+/// Settings of a Berkeley DB shared dict; an aggregate, so set fields by name.
+struct options {
+  /// Sets both the home (its directory) and the database name (its base name), as in smisk.
+  std::string filename;
+  /// The environment directory. Default: a private directory on /dev/shm (else $TMPDIR or
+  /// /tmp) named after the program and the user.
+  std::string homedir;
+  /// The database file name inside the home. Default: the program's name.
+  std::string name;
+  /// Permission bits of the files the library creates (directories it creates are 0700).
+  unsigned mode = 0600;
+  /// hash (default) or btree (key-ordered iteration).
+  access_method method = access_method::hash;
+  /// false: a temporary dict, removed when the last process using its home closes it or exits.
+  /// true: kept on disk across restarts.
+  bool persistent = false;
+  /// Berkeley DB cache in bytes; only the process that creates the environment sets it.
+  std::size_t cache_size = std::size_t{32} << 20;
+  /// What a returned write survives.
+  durability_level durability = durability_level::process_crash;
+};
+
+}  // namespace smisk::ipc::bsddb
+
+namespace smisk::ipc::detail::bdb {
+
+/// The last message Berkeley DB reported on this thread (through set_errcall).
+inline std::string& last_message() {
+  thread_local std::string message;
+  return message;
+}
+
+extern "C" inline void on_bdb_error(const DB_ENV*, const char*, const char* msg) {
+  last_message() = msg ? msg : "";
+}
+extern "C" inline void on_bdb_message(const DB_ENV*, const char*) {}
+
+[[noreturn]] inline void raise(const char* origin, int rc, const std::string& context = {}) {
+  std::string what = std::string("smisk::ipc: ") + origin + " failed: " + db_strerror(rc);
+  if (!context.empty()) what += " (" + context + ")";
+  if (!last_message().empty()) {
+    what += ": " + last_message();
+    last_message().clear();
+  }
+  throw engine_error(what, rc, origin);
+}
+
+/// Counters of what the library did, per process.
+struct statistics {
+  std::atomic<std::uint64_t> deadlock_retries{0};
+  std::atomic<std::uint64_t> checkpoints{0};
+  std::atomic<std::uint64_t> environments_opened{0};
+  std::atomic<std::uint64_t> stale_homes_cleaned{0};
+  std::atomic<std::uint64_t> homes_removed{0};
+};
+inline statistics& stats() {
+  static statistics s;
+  return s;
+}
+
+/// is_alive for failchk: a process is alive while a signal could be sent to it.
+extern "C" inline int is_alive(DB_ENV*, pid_t pid, db_threadid_t, u_int32_t) {
+  if (pid == ::getpid()) return 1;
+  return (::kill(pid, 0) == 0 || errno == EPERM) ? 1 : 0;
+}
+
+/// Exponential backoff for deadlock and lock-conflict retries.
+class backoff {
+ public:
+  void operator()() {
+    stats().deadlock_retries.fetch_add(1, std::memory_order_relaxed);
+    ++tries_;
+    if (tries_ < 3) return;
+    if (tries_ < 8) {
+      ::sched_yield();
+      return;
+    }
+    long ns = std::min(1000000L, 1000L << std::min(tries_ - 8, 10));
+    ns = ns / 2 + static_cast<long>(::random() % (ns / 2 + 1));
+    struct timespec ts = {0, ns};
+    ::nanosleep(&ts, nullptr);
+  }
+
+ private:
+  int tries_ = 0;
+};
+
+inline bool is_retryable(int rc) noexcept {
+  return rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED;
+}
+
+// ---- the home: membership, cleanup, manifest --------------------------------------------------
+
+constexpr const char* lock_file_name = "smisk-ipc.lock";
+constexpr const char* manifest_file_name = "smisk-ipc.manifest";
+
+/// What the library records in a home: whether it created the directory, whether the home is
+/// persistent, and the database files it made there.
+struct manifest {
+  bool created_home = false;
+  bool persistent = false;
+  bool exists = false;
+  std::vector<std::string> databases;
+
+  static manifest read(const std::string& home) {
+    manifest m;
+    std::ifstream in(home + "/" + manifest_file_name);
+    if (!in) return m;
+    m.exists = true;
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line == "created-home") m.created_home = true;
+      if (line == "persistent") m.persistent = true;
+      if (starts_with(line, "database ")) m.databases.push_back(line.substr(9));
+    }
+    return m;
+  }
+  void write(const std::string& home, unsigned mode) const {
+    std::string text = "smisk-ipc 1\n";
+    if (created_home) text += "created-home\n";
+    text += persistent ? "persistent\n" : "temporary\n";
+    for (const auto& d : databases) text += "database " + d + "\n";
+    std::string tmp = home + "/" + manifest_file_name + ".tmp";
+    unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                        static_cast<mode_t>(mode)));
+    if (!fd) throw_errno("cannot write " + tmp, "open");
+    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+      throw_errno("cannot write " + tmp, "write");
+    fd.reset();
+    if (::rename(tmp.c_str(), (home + "/" + manifest_file_name).c_str()) != 0)
+      throw_errno("cannot write the manifest in " + home, "rename");
+  }
+  [[nodiscard]] bool has_database(const std::string& name) const {
+    for (const auto& d : databases)
+      if (d == name) return true;
+    return false;
+  }
+};
+
+/// Removes the library's own files from a temporary home, and the home if the library made it.
+inline void remove_home_files(const std::string& home, const manifest& m) {
+  for (const auto& name : list_dir(home)) {
+    bool ours = starts_with(name, "__db.") || starts_with(name, "log.") || m.has_database(name);
+    if (ours) ::unlink((home + "/" + name).c_str());
+  }
+  ::unlink((home + "/" + manifest_file_name).c_str());
+  ::unlink((home + "/" + lock_file_name).c_str());
+  if (m.created_home && ::rmdir(home.c_str()) == 0)
+    stats().homes_removed.fetch_add(1, std::memory_order_relaxed);
+}
+
+/// This process's membership of a home. Every process using a home holds a shared lock on byte 1
+/// of its lock file; byte 0 is the gate that serialises opening and closing. The kernel drops a
+/// dead process's locks, so "no one else holds byte 1" means no live process uses the home.
+class home_lease {
+ public:
+  home_lease(std::string home, bool persistent, unsigned mode, bool default_home)
+      : home_(std::move(home)), persistent_(persistent), mode_(mode),
+        generation_(fork_generation()) {
+    bool created = prepare_home(home_) || default_home;
+    gate_ = open_gate();
+    manifest m = manifest::read(home_);
+    bool alone = ofd_lock(gate_.get(), 1, lock_kind::exclusive, false);
+    if (alone && m.exists && !m.persistent) {
+      // Left behind by processes that crashed: a temporary home starts clean.
+      created = created || m.created_home;
+      remove_home_files(home_, m);
+      stats().stale_homes_cleaned.fetch_add(1, std::memory_order_relaxed);
+      prepare_home(home_);
+      unique_fd fresh = open_gate();
+      gate_ = std::move(fresh);
+      if (!ofd_lock(gate_.get(), 1, lock_kind::exclusive, false))
+        throw engine_error("smisk::ipc: home " + home_ + " was taken while it was being cleaned");
+      m = manifest{};
+    }
+    if (m.exists && m.persistent != persistent_) {
+      unlock_gate();
+      throw home_error("smisk::ipc: home " + home_ + " holds " +
+                       (m.persistent ? "persistent" : "temporary") +
+                       " dicts; open it with persistent = " + (m.persistent ? "true" : "false"));
+    }
+    if (!m.exists) {
+      m.created_home = created;
+      m.persistent = persistent_;
+      m.exists = true;
+      m.write(home_, mode_);
+    }
+    ofd_lock(gate_.get(), 1, lock_kind::shared, false);
+    users_ = std::move(gate_);
+  }
+
+  home_lease(const home_lease&) = delete;
+  home_lease& operator=(const home_lease&) = delete;
+
+  /// Leaves the home; the last process out of a temporary home removes it.
+  ~home_lease() {
+    if (generation_ != fork_generation()) return;  // a copy inherited over fork(): not ours
+    try {
+      unique_fd gate = open_gate();
+      users_.reset();
+      if (!persistent_ && ofd_lock(gate.get(), 1, lock_kind::exclusive, false))
+        remove_home_files(home_, manifest::read(home_));
+    } catch (...) {
+      // A destructor only releases; a home we cannot reach is left for the next opener.
+    }
+  }
+
+  /// Holds the gate while the environment and its databases are opened.
+  class gate_guard {
+   public:
+    explicit gate_guard(const home_lease& lease)
+        : fd_(::open((lease.home_ + "/" + lock_file_name).c_str(),
+                     O_RDWR | O_CLOEXEC | O_NOFOLLOW)) {
+      if (!fd_) throw_errno("cannot open the lock file in " + lease.home_, "open");
+      ofd_lock(fd_.get(), 0, lock_kind::exclusive, true);
+    }
+
+   private:
+    unique_fd fd_;
+  };
+
+  void record_database(const std::string& name) {
+    manifest m = manifest::read(home_);
+    if (m.has_database(name)) return;
+    m.databases.push_back(name);
+    m.write(home_, mode_);
+  }
+
+  [[nodiscard]] const std::string& home() const noexcept { return home_; }
+  [[nodiscard]] bool persistent() const noexcept { return persistent_; }
+  [[nodiscard]] unsigned mode() const noexcept { return mode_; }
+  void unlock_gate() const { ofd_lock(users_ ? users_.get() : gate_.get(), 0, lock_kind::none, false); }
+
+ private:
+  /// Opens the lock file and takes the gate, retrying if the last process out removed the file.
+  unique_fd open_gate() const {
+    std::string path = home_ + "/" + lock_file_name;
+    for (;;) {
+      prepare_home(home_);
+      unique_fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
+                          static_cast<mode_t>(mode_)));
+      if (!fd) throw_errno("cannot open the lock file " + path, "open");
+      ofd_lock(fd.get(), 0, lock_kind::exclusive, true);
+      struct stat held, named;
+      if (::fstat(fd.get(), &held) == 0 && held.st_nlink > 0 &&
+          ::lstat(path.c_str(), &named) == 0 && named.st_ino == held.st_ino &&
+          named.st_dev == held.st_dev)
+        return fd;
+    }
+  }
+
+  std::string home_;
+  bool persistent_;
+  unsigned mode_;
+  unsigned generation_;
+  unique_fd gate_;
+  unique_fd users_;
+};
+
+// ---- the environment and its databases --------------------------------------------------------
+
+/// One DB_ENV per home and process, shared by every dict of that home.
+class environment {
+ public:
+  environment(std::shared_ptr<home_lease> lease, const bsddb::options& o)
+      : lease_(std::move(lease)), generation_(fork_generation()) {
+    int rc = ::db_env_create(&env_, 0);
+    if (rc != 0) raise("db_env_create", rc);
+    try {
+      configure(o);
+      u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN |
+                        DB_THREAD | DB_REGISTER | DB_RECOVER | DB_FAILCHK;
+      rc = env_->open(env_, lease_->home().c_str(), flags, static_cast<int>(o.mode));
+      if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
+    } catch (...) {
+      env_->close(env_, 0);
+      throw;
+    }
+    stats().environments_opened.fetch_add(1, std::memory_order_relaxed);
+  }
+
+  environment(const environment&) = delete;
+  environment& operator=(const environment&) = delete;
+
+  ~environment() { shutdown(); }
+
+  /// Closes the DB_ENV and leaves the home. Idempotent; a no-op for a handle inherited over fork.
+  void shutdown() noexcept {
+    std::lock_guard<std::mutex> lock(shutdown_mutex_);
+    if (!env_) return;
+    if (generation_ == fork_generation()) {
+      if (lease_->persistent()) env_->txn_checkpoint(env_, 0, 0, 0);
+      env_->close(env_, 0);
+    }
+    lease_.reset();  // the last process out of a temporary home removes it
+    env_ = nullptr;
+  }
+
+  [[nodiscard]] DB_ENV* handle() const noexcept { return env_; }
+  [[nodiscard]] home_lease& lease() const noexcept { return *lease_; }
+  [[nodiscard]] unsigned generation() const noexcept { return generation_; }
+
+  /// Called after each committed write: checkpoints now and then so that logs can be removed
+  /// and recovery stays short.
+  void note_write() {
+    if ((writes_.fetch_add(1, std::memory_order_relaxed) & 4095) == 4095) {
+      if (env_->txn_checkpoint(env_, 1024, 0, 0) == 0)
+        stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
+    }
+  }
+
+ private:
+  void configure(const bsddb::options& o) {
+    env_->set_errcall(env_, &on_bdb_error);
+    env_->set_msgcall(env_, &on_bdb_message);
+    std::size_t cache = o.cache_size < (std::size_t{1} << 20) ? (std::size_t{1} << 20)
+                                                              : o.cache_size;
+    check(env_->set_cachesize(env_, static_cast<u_int32_t>(cache >> 30),
+                              static_cast<u_int32_t>(cache & ((std::size_t{1} << 30) - 1)), 1),
+          "DB_ENV->set_cachesize");
+    check(env_->set_lk_detect(env_, DB_LOCK_DEFAULT), "DB_ENV->set_lk_detect");
+    check(env_->set_lk_max_locks(env_, 20000), "DB_ENV->set_lk_max_locks");
+    check(env_->set_lk_max_objects(env_, 20000), "DB_ENV->set_lk_max_objects");
+    check(env_->set_lk_max_lockers(env_, 4000), "DB_ENV->set_lk_max_lockers");
+    check(env_->set_tx_max(env_, 1000), "DB_ENV->set_tx_max");
+    check(env_->set_thread_count(env_, 4000), "DB_ENV->set_thread_count");
+    check(env_->set_isalive(env_, &is_alive), "DB_ENV->set_isalive");
+    check(env_->set_lg_bsize(env_, 1u << 20), "DB_ENV->set_lg_bsize");
+    check(env_->set_lg_max(env_, 8u << 20), "DB_ENV->set_lg_max");
+    check(env_->log_set_config(env_, DB_LOG_AUTO_REMOVE, 1), "DB_ENV->log_set_config");
+    if (o.durability == bsddb::durability_level::none)
+      check(env_->set_flags(env_, DB_TXN_NOSYNC, 1), "DB_ENV->set_flags");
+    else if (o.durability == bsddb::durability_level::process_crash)
+      check(env_->set_flags(env_, DB_TXN_WRITE_NOSYNC, 1), "DB_ENV->set_flags");
+  }
+  static void check(int rc, const char* origin) {
+    if (rc != 0) raise(origin, rc);
+  }
+
+  std::shared_ptr<home_lease> lease_;
+  unsigned generation_;
+  DB_ENV* env_ = nullptr;
+  std::atomic<std::uint64_t> writes_{0};
+  std::mutex shutdown_mutex_;
+};
+
+/// A transaction that aborts unless committed. Berkeley DB frees DB_TXN whether or not commit
+/// succeeds, so the handle is dropped before the call.
+class transaction {
+ public:
+  explicit transaction(DB_ENV* env) {
+    int rc = env->txn_begin(env, nullptr, &txn_, 0);
+    if (rc != 0) {
+      txn_ = nullptr;
+      rc_ = rc;
+    }
+  }
+  transaction(const transaction&) = delete;
+  transaction& operator=(const transaction&) = delete;
+  ~transaction() {
+    if (txn_) txn_->abort(txn_);
+  }
+  [[nodiscard]] int begin_error() const noexcept { return rc_; }
+  [[nodiscard]] DB_TXN* get() const noexcept { return txn_; }
+  int commit() noexcept {
+    DB_TXN* t = txn_;
+    txn_ = nullptr;
+    return t->commit(t, 0);
+  }
+
+ private:
+  DB_TXN* txn_ = nullptr;
+  int rc_ = 0;
+};
+
+/// The record in the "meta" database that remembers what a dict holds.
+inline std::string format_record(std::string_view key_type, std::string_view value_type,
+                                 bsddb::access_method method) {
+  std::string r = "smisk-ipc 1\nkey ";
+  r += key_type;
+  r += "\nvalue ";
+  r += value_type;
+  r += "\nmethod ";
+  r += method == bsddb::access_method::btree ? "btree" : "hash";
+  r += "\n";
+  return r;
+}
+
+inline DBT make_dbt(std::string_view bytes) noexcept {
+  DBT d;
+  std::memset(&d, 0, sizeof d);
+  d.data = const_cast<char*>(bytes.data());
+  d.size = static_cast<u_int32_t>(bytes.size());
+  return d;
+}
+
+/// One open database (DB handle) of an environment.
+class database {
+ public:
+  database(std::shared_ptr<environment> env, const std::string& name, std::string_view key_type,
+           std::string_view value_type, bsddb::access_method method, unsigned mode)
+      : env_(std::move(env)), generation_(fork_generation()), method_(method) {
+    DB_ENV* e = env_->handle();
+    check_types(e, name, format_record(key_type, value_type, method), mode);
+    int rc = ::db_create(&db_, e, 0);
+    if (rc != 0) raise("db_create", rc);
+    DBTYPE type = method == bsddb::access_method::btree ? DB_BTREE : DB_HASH;
+    rc = db_->open(db_, nullptr, name.c_str(), "data", type, DB_CREATE | DB_THREAD | DB_AUTO_COMMIT,
+                   static_cast<int>(mode));
+    if (rc != 0) {
+      db_->close(db_, 0);
+      raise("DB->open", rc, env_->lease().home() + "/" + name);
+    }
+  }
+  database(const database&) = delete;
+  database& operator=(const database&) = delete;
+  ~database() { shutdown(); }
+
+  /// Closes the DB handle; later operations through it throw. Idempotent; a no-op for a handle
+  /// inherited over fork.
+  void shutdown() noexcept {
+    std::lock_guard<std::mutex> lock(shutdown_mutex_);
+    if (closed_.exchange(true)) return;
+    if (generation_ == fork_generation()) db_->close(db_, 0);
+  }
+  [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_relaxed); }
+
+  [[nodiscard]] DB* handle() const noexcept { return db_; }
+  [[nodiscard]] environment& env() const noexcept { return *env_; }
+  [[nodiscard]] unsigned generation() const noexcept { return generation_; }
+  [[nodiscard]] bsddb::access_method method() const noexcept { return method_; }
+  /// Cursors take it shared, truncate exclusive: DB->truncate fails while cursors are open.
+  std::shared_mutex& cursor_mutex() const noexcept { return cursor_mutex_; }
+
+ private:
+  /// Records the key and value types of a new database, or checks them against an existing one.
+  void check_types(DB_ENV* e, const std::string& name, const std::string& wanted, unsigned mode) {
+    DB* meta = nullptr;
+    int rc = ::db_create(&meta, e, 0);
+    if (rc != 0) raise("db_create", rc);
+    std::unique_ptr<DB, void (*)(DB*)> guard(meta, [](DB* d) { d->close(d, 0); });
+    rc = meta->open(meta, nullptr, name.c_str(), "meta", DB_BTREE,
+                    DB_CREATE | DB_THREAD | DB_AUTO_COMMIT, static_cast<int>(mode));
+    if (rc != 0) {
+      std::string path = env_->lease().home() + "/" + name;
+      if (rc == EINVAL || rc == ENOENT)
+        throw type_mismatch("smisk::ipc: " + path +
+                                " is not a smisk-ipc database (it has no \"meta\" sub-database)",
+                            rc, "DB->open");
+      raise("DB->open", rc, path);
+    }
+    const std::string key = "format";
+    for (backoff retry;; retry()) {
+      transaction txn(e);
+      if (txn.begin_error()) raise("DB_ENV->txn_begin", txn.begin_error());
+      DBT k = make_dbt(key);
+      DBT v;
+      std::memset(&v, 0, sizeof v);
+      v.flags = DB_DBT_MALLOC;
+      rc = meta->get(meta, txn.get(), &k, &v, DB_RMW);
+      if (rc == 0) {
+        std::string stored(static_cast<const char*>(v.data), v.size);
+        std::free(v.data);
+        if (stored != wanted)
+          throw type_mismatch("smisk::ipc: the dict " + env_->lease().home() + "/" + name +
+                              " was created as\n" + stored + "and is now opened as\n" + wanted);
+        return;
+      }
+      if (is_retryable(rc)) continue;
+      if (rc != DB_NOTFOUND) raise("DB->get", rc, "meta");
+      DBT w = make_dbt(wanted);
+      rc = meta->put(meta, txn.get(), &k, &w, 0);
+      if (rc == 0) rc = txn.commit();
+      if (rc == 0) return;
+      if (!is_retryable(rc)) raise("DB->put", rc, "meta");
+    }
+  }
+
+  std::shared_ptr<environment> env_;
+  unsigned generation_;
+  bsddb::access_method method_;
+  DB* db_ = nullptr;
+  mutable std::shared_mutex cursor_mutex_;
+  std::mutex shutdown_mutex_;
+  std::atomic<bool> closed_{false};
+};
+
+/// Resolved location of a dict.
+struct location {
+  std::string home;
+  std::string name;
+  bool default_home = false;
+};
+
+inline location locate(const bsddb::options& o) {
+  location loc;
+  if (!o.filename.empty()) {
+    std::string f = o.filename;
+    if (f[0] != '/') {
+      char cwd[4096];
+      if (::getcwd(cwd, sizeof cwd)) f = std::string(cwd) + "/" + f;
+    }
+    loc.home = dirname_of(f);
+    loc.name = basename_of(f);
+    if (loc.name.empty()) throw home_error("smisk::ipc: filename " + o.filename + " names no file");
+  } else {
+    loc.name = o.name.empty() ? program_name() : o.name;
+    if (o.homedir.empty()) {
+      loc.home = temp_root() + "/smisk-ipc." + user_name() + "." + program_name();
+      loc.default_home = true;
+    } else {
+      loc.home = o.homedir;
+    }
+  }
+  while (loc.home.size() > 1 && loc.home.back() == '/') loc.home.pop_back();
+  if (loc.name.find('/') != std::string::npos || loc.name == "." || loc.name == ".." ||
+      starts_with(loc.name, "__db.") || starts_with(loc.name, "log.") ||
+      starts_with(loc.name, "smisk-ipc."))
+    throw home_error("smisk::ipc: " + loc.name + " cannot be a database name");
+  return loc;
+}
+
+/// The process-wide table of open environments and databases, so that every handle of a home
+/// shares one DB_ENV and every handle of a database one DB. Entries of a parent process are
+/// forgotten after fork().
+class registry {
+ public:
+  static registry& instance() {
+    static registry* r = new registry;  // never destroyed: handles may outlive static objects
+    return *r;
+  }
+
+  std::shared_ptr<database> open(const bsddb::options& o, std::string_view key_type,
+                                 std::string_view value_type) {
+    location loc = locate(o);
+    std::lock_guard<std::mutex> lock(mutex_);
+    forget_parent_entries();
+    std::string db_key = loc.home + '\0' + loc.name;
+    if (auto found = databases_[db_key].lock()) {
+      if (found->method() != o.method || found->env().lease().persistent() != o.persistent)
+        throw type_mismatch("smisk::ipc: " + loc.home + "/" + loc.name +
+                            " is already open in this process with another access method or "
+                            "persistence");
+      std::string wanted = format_record(key_type, value_type, o.method);
+      if (wanted != formats_[db_key])
+        throw type_mismatch("smisk::ipc: the dict " + loc.home + "/" + loc.name +
+                            " is open in this process as\n" + formats_[db_key] +
+                            "and is now opened as\n" + wanted);
+      return found;
+    }
+    std::shared_ptr<environment> env = environments_[loc.home].lock();
+    if (!env) {
+      auto lease = std::make_shared<home_lease>(loc.home, o.persistent, o.mode, loc.default_home);
+      try {
+        env = std::make_shared<environment>(lease, o);
+      } catch (...) {
+        lease->unlock_gate();
+        throw;
+      }
+      lease->unlock_gate();
+      environments_[loc.home] = env;
+      register_exit_handler();
+    } else if (env->lease().persistent() != o.persistent) {
+      throw home_error("smisk::ipc: home " + loc.home + " is open in this process with persistent = " +
+                       (env->lease().persistent() ? "true" : "false"));
+    }
+    home_lease::gate_guard gate(env->lease());
+    env->lease().record_database(loc.name);
+    auto db = std::make_shared<database>(env, loc.name, key_type, value_type, o.method, o.mode);
+    databases_[db_key] = db;
+    formats_[db_key] = format_record(key_type, value_type, o.method);
+    return db;
+  }
+
+  /// Closes every dict of this process (at exit, so that temporary homes are removed even when
+  /// handles are still open). Later operations on those handles throw.
+  void close_all() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (generation_ != fork_generation()) return;
+    for (auto& entry : databases_)
+      if (auto db = entry.second.lock()) db->shutdown();
+    for (auto& entry : environments_)
+      if (auto env = entry.second.lock()) env->shutdown();
+    databases_.clear();
+    environments_.clear();
+    formats_.clear();
+  }
+
+ private:
+  void forget_parent_entries() {
+    unsigned g = fork_generation();
+    if (g == generation_) return;
+    // The parent's objects stay with the handles that hold them; they never close anything here.
+    databases_.clear();
+    environments_.clear();
+    formats_.clear();
+    generation_ = g;
+  }
+
+  void register_exit_handler() {
+    static const bool registered = [] {
+      std::atexit([] { registry::instance().close_all(); });
+      return true;
+    }();
+    (void)registered;
+  }
+
+  std::mutex mutex_;
+  unsigned generation_ = fork_generation();
+  std::map<std::string, std::weak_ptr<environment>> environments_;
+  std::map<std::string, std::weak_ptr<database>> databases_;
+  std::map<std::string, std::string> formats_;
+};
+
+}  // namespace smisk::ipc::detail::bdb

@@ -1,0 +1,206 @@
+// smisk-ipc: process, file and lock helpers (POSIX/Linux).
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <dirent.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <pwd.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../error.hpp"
+
+namespace smisk::ipc::detail {
+
+[[noreturn]] inline void throw_errno(const std::string& what, const char* origin, int err = errno) {
+  throw engine_error("smisk::ipc: " + what + ": " + std::strerror(err), err, origin);
+}
+
+/// Counts fork()s that this process is a child of; Berkeley DB and libmemcached handles opened
+/// in an earlier generation belong to the parent and must not be used (or closed) here.
+inline std::atomic<unsigned>& fork_generation_counter() noexcept {
+  static std::atomic<unsigned> counter{0};
+  return counter;
+}
+inline void on_fork_child() noexcept { fork_generation_counter().fetch_add(1); }
+inline unsigned fork_generation() noexcept {
+  static const bool registered = [] {
+    ::pthread_atfork(nullptr, nullptr, &on_fork_child);
+    return true;
+  }();
+  (void)registered;
+  return fork_generation_counter().load(std::memory_order_relaxed);
+}
+
+/// A file descriptor that closes itself.
+class unique_fd {
+ public:
+  unique_fd() = default;
+  explicit unique_fd(int fd) noexcept : fd_(fd) {}
+  unique_fd(unique_fd&& o) noexcept : fd_(o.release()) {}
+  unique_fd& operator=(unique_fd&& o) noexcept {
+    if (this != &o) reset(o.release());
+    return *this;
+  }
+  ~unique_fd() { reset(); }
+  [[nodiscard]] int get() const noexcept { return fd_; }
+  int release() noexcept {
+    int fd = fd_;
+    fd_ = -1;
+    return fd;
+  }
+  void reset(int fd = -1) noexcept {
+    if (fd_ >= 0) ::close(fd_);
+    fd_ = fd;
+  }
+  explicit operator bool() const noexcept { return fd_ >= 0; }
+
+ private:
+  int fd_ = -1;
+};
+
+/// Open-file-description locks (F_OFD_SETLK): they belong to the open file, not the process, so
+/// they exclude threads as well as processes, a child inherits them with the descriptor, and the
+/// kernel drops them when the last descriptor closes, also when a process is killed.
+enum class lock_kind : short { shared = F_RDLCK, exclusive = F_WRLCK, none = F_UNLCK };
+
+inline bool ofd_lock(int fd, off_t byte, lock_kind kind, bool wait) {
+  struct flock fl;
+  std::memset(&fl, 0, sizeof fl);
+  fl.l_type = static_cast<short>(kind);
+  fl.l_whence = SEEK_SET;
+  fl.l_start = byte;
+  fl.l_len = 1;
+  for (;;) {
+    if (::fcntl(fd, wait ? F_OFD_SETLKW : F_OFD_SETLK, &fl) == 0) return true;
+    if (errno == EINTR) continue;
+    if (!wait && (errno == EAGAIN || errno == EACCES)) return false;
+    throw_errno("cannot lock the home's lock file", "fcntl(F_OFD_SETLK)");
+  }
+}
+
+inline std::string sanitize_name(const std::string& s) {
+  std::string out;
+  for (char c : s) {
+    bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '.' || c == '_' || c == '-';
+    out += ok ? c : '_';
+  }
+  if (out.empty() || out[0] == '.') out.insert(0, "p");
+  return out;
+}
+
+/// The running program's file name ("myapp"), for default names.
+inline std::string program_name() {
+  char buf[4096];
+  ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
+  std::string path = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string("program");
+  auto slash = path.rfind('/');
+  if (slash != std::string::npos) path.erase(0, slash + 1);
+  const std::string deleted = " (deleted)";
+  if (path.size() > deleted.size() && path.compare(path.size() - deleted.size(), deleted.size(),
+                                                   deleted) == 0) {
+    path.resize(path.size() - deleted.size());
+  }
+  return sanitize_name(path);
+}
+
+/// The effective user's name, or its uid when it has none.
+inline std::string user_name() {
+  uid_t uid = ::geteuid();
+  struct passwd pw;
+  struct passwd* result = nullptr;
+  std::vector<char> buf(16384);
+  if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &result) == 0 && result && result->pw_name)
+    return sanitize_name(result->pw_name);
+  return std::to_string(uid);
+}
+
+/// The directory for temporary homes: /dev/shm where it is a usable directory, else $TMPDIR,
+/// else /tmp.
+inline std::string temp_root() {
+  struct stat st;
+  if (::stat("/dev/shm", &st) == 0 && S_ISDIR(st.st_mode) && ::access("/dev/shm", W_OK | X_OK) == 0)
+    return "/dev/shm";
+  const char* tmp = std::getenv("TMPDIR");
+  if (tmp && *tmp) return tmp;
+  return "/tmp";
+}
+
+inline std::string dirname_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+inline std::string basename_of(const std::string& path) {
+  auto slash = path.rfind('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+/// Makes sure `home` is a directory this user owns and may write, creating it (mode 0700) if it
+/// does not exist. A symlink, a non-directory or a directory owned by someone else is refused
+/// without touching it. @returns true if it created the directory.
+inline bool prepare_home(const std::string& home) {
+  if (home.empty()) throw home_error("smisk::ipc: empty home directory path");
+  bool created = false;
+  if (::mkdir(home.c_str(), 0700) == 0) {
+    created = true;
+  } else if (errno != EEXIST) {
+    int err = errno;
+    throw home_error("smisk::ipc: cannot create home directory " + home + ": " +
+                         std::strerror(err),
+                     err, "mkdir");
+  }
+  struct stat st;
+  if (::lstat(home.c_str(), &st) != 0) {
+    int err = errno;
+    throw home_error("smisk::ipc: cannot stat home directory " + home + ": " + std::strerror(err),
+                     err, "lstat");
+  }
+  if (S_ISLNK(st.st_mode))
+    throw home_error("smisk::ipc: refusing home " + home + ": it is a symbolic link", ELOOP, "lstat");
+  if (!S_ISDIR(st.st_mode))
+    throw home_error("smisk::ipc: refusing home " + home + ": it is not a directory", ENOTDIR,
+                     "lstat");
+  if (st.st_uid != ::geteuid())
+    throw home_error("smisk::ipc: refusing home " + home + ": it is owned by uid " +
+                         std::to_string(st.st_uid) + ", not by this user (uid " +
+                         std::to_string(::geteuid()) + ")",
+                     EPERM, "lstat");
+  if (::access(home.c_str(), W_OK | X_OK) != 0) {
+    int err = errno;
+    throw home_error("smisk::ipc: home directory " + home + " is not writable: " +
+                         std::strerror(err),
+                     err, "access");
+  }
+  return created;
+}
+
+/// The names in a directory (no "." and "..").
+inline std::vector<std::string> list_dir(const std::string& dir) {
+  std::vector<std::string> names;
+  DIR* d = ::opendir(dir.c_str());
+  if (!d) return names;
+  while (dirent* e = ::readdir(d)) {
+    std::string n = e->d_name;
+    if (n != "." && n != "..") names.push_back(std::move(n));
+  }
+  ::closedir(d);
+  return names;
+}
+
+inline bool starts_with(const std::string& s, const char* prefix) {
+  return s.rfind(prefix, 0) == 0;
+}
+
+}  // namespace smisk::ipc::detail

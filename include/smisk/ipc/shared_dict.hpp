@@ -1,0 +1,358 @@
+// smisk-ipc: shared_dict, a dictionary that the processes of one application share.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <cstddef>
+#include <iterator>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "backend.hpp"
+#include "codec.hpp"
+#include "error.hpp"
+
+namespace smisk::ipc {
+
+namespace bsddb {
+class backend;
+}
+
+/// A dictionary shared by every process and thread that opens it with the same options.
+///
+/// Every single-key operation is atomic across processes and threads. Handles are cheap to copy;
+/// copies share one open engine. See DESIGN in the README for what survives what.
+template <class K, class V, class Backend = bsddb::backend>
+class shared_dict {
+  static_assert((detail::check_codec<K>(), true));
+  static_assert((detail::check_codec<V>(), true));
+  static_assert(detail::check_backend<Backend>());
+
+ public:
+  using key_type = K;
+  using mapped_type = V;
+  using value_type = std::pair<K, V>;
+  using backend_type = Backend;
+  using options = typename Backend::options;
+
+  class reference;
+  class const_iterator;
+  using iterator = const_iterator;
+
+  /// Opens the dict with default options (for bsddb: a temporary dict shared by every process
+  /// of this program and user).
+  /// @throws error (home_error, type_mismatch, engine_error, ...) if it cannot be opened.
+  shared_dict() : shared_dict(options{}) {}
+
+  /// Opens the dict. Type mismatches, a refused home and an unreachable engine throw here.
+  explicit shared_dict(options opts)
+      : backend_(std::make_shared<Backend>(opts, detail::codec_name<K>(), detail::codec_name<V>())) {
+  }
+
+  // ---- lookup -----------------------------------------------------------------------------
+
+  /// The value stored under `key`, or nothing.
+  /// @throws codec_error if the stored bytes do not decode as V.
+  [[nodiscard]] std::optional<V> get(const K& key) const {
+    std::optional<V> result;
+    detail::encoded<K> k(key);
+    backend_->get(k.bytes(), [&](std::string_view bytes) { result.emplace(detail::decode<V>(bytes)); });
+    return result;
+  }
+
+  /// The value stored under `key`, or `fallback`.
+  [[nodiscard]] V get(const K& key, V fallback) const {
+    std::optional<V> v = get(key);
+    return v ? std::move(*v) : std::move(fallback);
+  }
+
+  /// The value stored under `key`.
+  /// @throws key_error if there is none.
+  [[nodiscard]] V at(const K& key) const {
+    std::optional<V> v = get(key);
+    if (!v) throw_key_error(key);
+    return std::move(*v);
+  }
+
+  /// Whether `key` is stored.
+  [[nodiscard]] bool contains(const K& key) const {
+    detail::encoded<K> k(key);
+    return backend_->exists(k.bytes());
+  }
+
+  /// `d[k] = v` stores, `V v = d[k]` reads (throwing key_error when absent, like Python).
+  [[nodiscard]] reference operator[](const K& key) { return reference(*this, key); }
+  /// Reads `key`. @throws key_error when absent.
+  [[nodiscard]] V operator[](const K& key) const { return at(key); }
+
+  // ---- change -----------------------------------------------------------------------------
+
+  /// Stores `value` under `key`, replacing what was there.
+  void set(const K& key, const V& value) {
+    detail::encoded<K> k(key);
+    detail::encoded<V> v(value);
+    backend_->put(k.bytes(), v.bytes());
+  }
+
+  /// Stores `value` only if `key` is absent. @returns true if it was absent.
+  bool insert(const K& key, const V& value) {
+    detail::encoded<K> k(key);
+    detail::encoded<V> v(value);
+    return backend_->add(k.bytes(), v.bytes());
+  }
+
+  /// Stores `value` if `key` is absent. @returns the value now stored.
+  V setdefault(const K& key, const V& value) {
+    detail::encoded<K> k(key);
+    detail::encoded<V> v(value);
+    std::optional<V> existing;
+    backend_->modify(k.bytes(), [&](const std::string_view* current, std::string& out) {
+      if (current) {
+        existing.emplace(detail::decode<V>(*current));
+        return modify_action::keep;
+      }
+      existing.reset();
+      out.assign(v.bytes());
+      return modify_action::store;
+    });
+    return existing ? std::move(*existing) : value;
+  }
+
+  /// Removes `key`. @returns true if it was there.
+  bool erase(const K& key) {
+    detail::encoded<K> k(key);
+    return backend_->remove(k.bytes());
+  }
+
+  /// Removes `key` and returns the value it had, or nothing if it was absent.
+  std::optional<V> pop(const K& key) {
+    detail::encoded<K> k(key);
+    std::optional<V> old;
+    backend_->modify(k.bytes(), [&](const std::string_view* current, std::string&) {
+      if (!current) {
+        old.reset();
+        return modify_action::keep;
+      }
+      old.emplace(detail::decode<V>(*current));
+      return modify_action::erase;
+    });
+    return old;
+  }
+
+  /// Atomically replaces the value with `fn(current)`, where `current` is the stored value or
+  /// nothing. `fn` may be called more than once when processes contend; only the last call's
+  /// result is stored, so `fn` should have no side effects. An exception from `fn` leaves the
+  /// value unchanged and propagates. @returns the value stored.
+  template <class F>
+  V update(const K& key, F&& fn) {
+    static_assert(std::is_invocable_v<F&, std::optional<V>>,
+                  "smisk::ipc: update(key, fn) needs fn callable as fn(std::optional<V>) -> V");
+    detail::encoded<K> k(key);
+    std::optional<V> result;
+    backend_->modify(k.bytes(), [&](const std::string_view* current, std::string& out) {
+      std::optional<V> old;
+      if (current) old.emplace(detail::decode<V>(*current));
+      result.emplace(fn(std::move(old)));
+      codec<V>::encode(*result, out);
+      return modify_action::store;
+    });
+    return std::move(*result);
+  }
+
+  /// Atomically adds `delta` to the stored number (absent counts as 0). @returns the new value.
+  V increment(const K& key, V delta = V(1)) {
+    static_assert(std::is_arithmetic_v<V> && !std::is_same_v<V, bool>,
+                  "smisk::ipc: increment() needs an arithmetic value type; use update() otherwise");
+    return update(key, [delta](std::optional<V> v) { return static_cast<V>(v.value_or(V(0)) + delta); });
+  }
+
+  /// Stores `desired` if the stored value equals `expected` (nothing means "absent"). Values are
+  /// compared by their stored bytes. @returns whether it stored.
+  bool compare_exchange(const K& key, const std::optional<V>& expected, const V& desired) {
+    detail::encoded<K> k(key);
+    detail::encoded<V> d(desired);
+    std::optional<std::string> want;
+    if (expected) {
+      want.emplace();
+      codec<V>::encode(*expected, *want);
+    }
+    bool swapped = false;
+    backend_->modify(k.bytes(), [&](const std::string_view* current, std::string& out) {
+      swapped = want ? (current && *current == *want) : (current == nullptr);
+      if (!swapped) return modify_action::keep;
+      out.assign(d.bytes());
+      return modify_action::store;
+    });
+    return swapped;
+  }
+
+  /// Stores every (key, value) pair of `pairs`. Each pair is stored atomically; the range as a
+  /// whole is not one transaction.
+  template <class Range>
+  void set_many(const Range& pairs) {
+    for (const auto& [key, value] : pairs) set(key, value);
+  }
+
+  // ---- whole dict (where the backend can enumerate) --------------------------------------------
+
+  /// The number of keys. Counts by walking the store: O(n).
+  [[nodiscard]] std::size_t size() const {
+    static_assert(backend_traits<Backend>::can_count,
+                  "smisk::ipc: this backend cannot count its keys (memcached, for one, has no way "
+                  "to list or count keys), so size() is not available");
+    if constexpr (backend_traits<Backend>::can_count) return backend_->count();
+    else return 0;
+  }
+
+  /// Whether the dict has no keys.
+  [[nodiscard]] bool empty() const {
+    static_assert(backend_traits<Backend>::can_count,
+                  "smisk::ipc: this backend cannot count its keys (memcached, for one, has no way "
+                  "to list or count keys), so empty() is not available");
+    if constexpr (backend_traits<Backend>::can_count) return backend_->count() == 0;
+    else return true;
+  }
+
+  /// Removes every key, atomically for every process.
+  void clear() {
+    static_assert(backend_traits<Backend>::can_clear,
+                  "smisk::ipc: this backend cannot clear itself, so clear() is not available");
+    if constexpr (backend_traits<Backend>::can_clear) backend_->clear();
+  }
+
+  /// A snapshot of the keys.
+  [[nodiscard]] std::vector<K> keys() const {
+    std::vector<K> out;
+    visit([&](std::string_view k, std::string_view) { out.push_back(detail::decode<K>(k)); });
+    return out;
+  }
+
+  /// A snapshot of the values.
+  [[nodiscard]] std::vector<V> values() const {
+    std::vector<V> out;
+    visit([&](std::string_view, std::string_view v) { out.push_back(detail::decode<V>(v)); });
+    return out;
+  }
+
+  /// A snapshot of the (key, value) pairs; key-ordered for an ordered backend (bsddb btree).
+  [[nodiscard]] std::vector<std::pair<K, V>> items() const {
+    std::vector<std::pair<K, V>> out;
+    visit([&](std::string_view k, std::string_view v) {
+      out.emplace_back(detail::decode<K>(k), detail::decode<V>(v));
+    });
+    return out;
+  }
+
+  /// Iterates over a snapshot of the items taken when begin() is called.
+  [[nodiscard]] const_iterator begin() const {
+    return const_iterator(std::make_shared<const std::vector<value_type>>(items()), 0);
+  }
+  [[nodiscard]] const_iterator end() const { return const_iterator(); }
+
+  /// Flushes what is stored to durable storage.
+  void sync() { backend_->sync(); }
+
+  /// The backend, for backend-specific calls (statistics and the like).
+  [[nodiscard]] Backend& backend() const noexcept { return *backend_; }
+
+  // ---- the proxy and the iterator --------------------------------------------------------------
+
+  /// What `d[k]` returns: assignable, and convertible to V (reading throws key_error if absent).
+  class reference {
+   public:
+    reference(shared_dict& d, const K& key) : dict_(&d), key_(key) {}
+    reference(const reference&) = default;
+
+    reference& operator=(const V& value) {
+      dict_->set(key_, value);
+      return *this;
+    }
+    /// `d[a] = d[b]` stores b's value under a.
+    reference& operator=(const reference& other) {
+      dict_->set(key_, other.value());
+      return *this;
+    }
+    template <class U = V, class = std::enable_if_t<std::is_arithmetic_v<U>>>
+    reference& operator+=(U delta) {
+      dict_->increment(key_, delta);
+      return *this;
+    }
+    template <class U = V, class = std::enable_if_t<std::is_arithmetic_v<U>>>
+    reference& operator-=(U delta) {
+      dict_->increment(key_, static_cast<V>(-delta));
+      return *this;
+    }
+
+    /// @throws key_error when absent.
+    [[nodiscard]] V value() const { return dict_->at(key_); }
+    operator V() const { return value(); }  // NOLINT(google-explicit-constructor): dict sugar
+
+   private:
+    shared_dict* dict_;
+    K key_;
+  };
+
+  class const_iterator {
+   public:
+    using iterator_category = std::forward_iterator_tag;
+    using value_type = std::pair<K, V>;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const value_type*;
+    using reference = const value_type&;
+
+    const_iterator() = default;
+    reference operator*() const { return (*items_)[index_]; }
+    pointer operator->() const { return &(*items_)[index_]; }
+    const_iterator& operator++() {
+      ++index_;
+      return *this;
+    }
+    const_iterator operator++(int) {
+      const_iterator old = *this;
+      ++index_;
+      return old;
+    }
+    friend bool operator==(const const_iterator& a, const const_iterator& b) {
+      return a.at_end() == b.at_end() && (a.at_end() || a.index_ == b.index_);
+    }
+    friend bool operator!=(const const_iterator& a, const const_iterator& b) { return !(a == b); }
+
+   private:
+    friend class shared_dict;
+    const_iterator(std::shared_ptr<const std::vector<value_type>> items, std::size_t index)
+        : items_(std::move(items)), index_(index) {}
+    [[nodiscard]] bool at_end() const { return !items_ || index_ >= items_->size(); }
+
+    std::shared_ptr<const std::vector<value_type>> items_;
+    std::size_t index_ = 0;
+  };
+
+ private:
+  template <class F>
+  void visit(F&& fn) const {
+    static_assert(backend_traits<Backend>::can_enumerate,
+                  "smisk::ipc: this backend cannot enumerate its keys (memcached, for one, has no "
+                  "way to list keys), so keys(), values(), items() and iteration are not available");
+    if constexpr (backend_traits<Backend>::can_enumerate) backend_->for_each(fn);
+  }
+
+  [[noreturn]] static void throw_key_error(const K& key) {
+    std::string shown;
+    if constexpr (std::is_convertible_v<const K&, std::string_view>) {
+      shown = std::string(std::string_view(key).substr(0, 200));
+    } else if constexpr (std::is_arithmetic_v<K>) {
+      shown = std::to_string(key);
+    } else {
+      shown = "<key>";
+    }
+    throw key_error("smisk::ipc: no such key: " + shown);
+  }
+
+  std::shared_ptr<Backend> backend_;
+};
+
+}  // namespace smisk::ipc
