@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: MIT
 //
 // Environment: DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN | DB_THREAD |
-// DB_REGISTER | DB_RECOVER | DB_FAILCHK. Every write is a transaction (auto-commit, or an
+// DB_FAILCHK, plus DB_RECOVER when no other live process uses the home. Every write is a transaction (auto-commit, or an
 // explicit one for read-modify-write), so a deadlock aborts cleanly and is retried, and a crashed
 // process is recovered from the log. Logs live in the home (on tmpfs for temporary dicts) and are
 // removed automatically after checkpoints.

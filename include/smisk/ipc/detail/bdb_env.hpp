@@ -226,6 +226,7 @@ class home_lease {
       m.exists = true;
       m.write(home_, mode_);
     }
+    alone_ = alone;
     ofd_lock(gate_.get(), 1, lock_kind::shared, false);
     users_ = std::move(gate_);
   }
@@ -270,6 +271,8 @@ class home_lease {
   [[nodiscard]] const std::string& home() const noexcept { return home_; }
   [[nodiscard]] bool persistent() const noexcept { return persistent_; }
   [[nodiscard]] unsigned mode() const noexcept { return mode_; }
+  /// Whether no other live process used the home when this process joined it.
+  [[nodiscard]] bool alone_at_open() const noexcept { return alone_; }
   void unlock_gate() const { ofd_lock(users_ ? users_.get() : gate_.get(), 0, lock_kind::none, false); }
 
  private:
@@ -294,6 +297,7 @@ class home_lease {
   bool persistent_;
   unsigned mode_;
   unsigned generation_;
+  bool alone_ = false;
   unique_fd gate_;
   unique_fd users_;
 };
@@ -309,8 +313,13 @@ class environment {
     if (rc != 0) raise("db_env_create", rc);
     try {
       configure(o);
+      // Recovery runs only when no live process uses the home (the lease tells): then it is
+      // safe, and it repairs what crashed processes left. Joining a live environment runs
+      // failchk instead (DB_FAILCHK), which frees what dead processes held without disturbing
+      // the living. DB_REGISTER is not used: it recovers (and so panics every live process)
+      // whenever any process exited without closing, even one that held nothing.
       u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN |
-                        DB_THREAD | DB_REGISTER | DB_RECOVER | DB_FAILCHK;
+                        DB_THREAD | DB_FAILCHK | (lease_->alone_at_open() ? DB_RECOVER : 0u);
       rc = env_->open(env_, lease_->home().c_str(), flags, static_cast<int>(o.mode));
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
     } catch (...) {

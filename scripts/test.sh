@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Installs what is missing, builds everything and runs the whole test suite
+# through ctest twice: a RelWithDebInfo build (build/), then an ASan+UBSan
+# Debug build (build-asan/, without the packaging tests, which already ran).
+# Exits non-zero if any step fails. Works from any directory.
+set -uo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root" || exit 1
+
+jobs=$(nproc 2>/dev/null || echo 2)
+failed=()
+
+step() {
+  local name=$1
+  shift
+  echo "==> $name: $*"
+  if ! "$@"; then
+    echo "==> FAILED: $name"
+    failed+=("$name")
+    return 1
+  fi
+}
+
+step "install-deps" bash scripts/install-deps.sh || {
+  echo "SUMMARY: FAILED (could not install the dependencies)"
+  exit 1
+}
+
+# build/: RelWithDebInfo, every test.
+if step "configure build" cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DSMISK_IPC_BUILD_TESTS=ON -DSMISK_IPC_BUILD_EXAMPLES=ON -DSMISK_IPC_SANITIZE=OFF &&
+  step "build build" cmake --build build -j"$jobs"; then
+  step "ctest build" ctest --test-dir build --output-on-failure -j2
+fi
+
+# build-asan/: Debug with AddressSanitizer and UndefinedBehaviorSanitizer.
+if step "configure build-asan" cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug \
+  -DSMISK_IPC_BUILD_TESTS=ON -DSMISK_IPC_BUILD_EXAMPLES=ON -DSMISK_IPC_SANITIZE=ON &&
+  step "build build-asan" cmake --build build-asan -j"$jobs"; then
+  step "ctest build-asan" ctest --test-dir build-asan --output-on-failure -j2 -LE packaging
+fi
+
+if ((${#failed[@]} == 0)); then
+  echo "SUMMARY: PASSED (build/ RelWithDebInfo and build-asan/ ASan+UBSan: all tests passed)"
+  exit 0
+fi
+echo "SUMMARY: FAILED: ${failed[*]}"
+exit 1

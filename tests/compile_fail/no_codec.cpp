@@ -1,0 +1,9 @@
+// Must not compile: a value type without a codec. The message must say what to write.
+#include <smisk/ipc.hpp>
+
+struct no_codec {};
+
+int main() {
+  smisk::ipc::shared_dict<std::string, no_codec> d;
+  (void)d;
+}
