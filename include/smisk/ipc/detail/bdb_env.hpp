@@ -9,6 +9,8 @@
 #include <time.h>
 
 #include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdlib>
 #include <fstream>
@@ -19,6 +21,7 @@
 #include <sstream>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <vector>
 
 #include "../error.hpp"
@@ -93,6 +96,7 @@ struct statistics {
   std::atomic<std::uint64_t> environments_opened{0};
   std::atomic<std::uint64_t> stale_homes_cleaned{0};
   std::atomic<std::uint64_t> homes_removed{0};
+  std::atomic<std::uint64_t> failchk_errors{0};
 };
 inline statistics& stats() {
   static statistics s;
@@ -125,6 +129,9 @@ class backoff {
  private:
   int tries_ = 0;
 };
+
+/// How often each process checks for dead processes that hold locks.
+constexpr std::chrono::milliseconds watch_interval{200};
 
 inline bool is_retryable(int rc) noexcept {
   return rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED;
@@ -261,6 +268,13 @@ class home_lease {
     unique_fd fd_;
   };
 
+  /// In a child of fork(): the descriptor inherited from the parent shares the parent's lock, so
+  /// while the child keeps it the child counts as a user of the home, and the last process out
+  /// would never see itself as last. The child drops it once it opens its own membership.
+  void forget_inherited() noexcept {
+    if (generation_ != fork_generation()) users_.reset();
+  }
+
   void record_database(const std::string& name) {
     manifest m = manifest::read(home_);
     if (m.has_database(name)) return;
@@ -315,18 +329,26 @@ class environment {
       configure(o);
       // Recovery runs only when no live process uses the home (the lease tells): then it is
       // safe, and it repairs what crashed processes left. Joining a live environment runs
-      // failchk instead (DB_FAILCHK), which frees what dead processes held without disturbing
-      // the living. DB_REGISTER is not used: it recovers (and so panics every live process)
-      // whenever any process exited without closing, even one that held nothing.
+      // failchk instead, which frees what dead processes held without disturbing the living.
+      // DB_REGISTER is not used: it recovers (and so panics every live process) whenever any
+      // process exited without closing, even one that held nothing. DB_FAILCHK at open is not
+      // used either: with Berkeley DB 5.3's pthread mutexes its internal failchk fails with
+      // "unable to destroy mutex" (EBUSY) after a process _exit()ed, where an explicit
+      // failchk() after the open succeeds.
       u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN |
-                        DB_THREAD | DB_FAILCHK | (lease_->alone_at_open() ? DB_RECOVER : 0u);
+                        DB_THREAD | (lease_->alone_at_open() ? DB_RECOVER : 0u);
       rc = env_->open(env_, lease_->home().c_str(), flags, static_cast<int>(o.mode));
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
+      if (!lease_->alone_at_open()) {
+        rc = env_->failchk(env_, 0);
+        if (rc != 0) raise("DB_ENV->failchk", rc, lease_->home());
+      }
     } catch (...) {
       env_->close(env_, 0);
       throw;
     }
     stats().environments_opened.fetch_add(1, std::memory_order_relaxed);
+    watchdog_ = std::thread([this] { watch(); });
   }
 
   environment(const environment&) = delete;
@@ -338,6 +360,16 @@ class environment {
   void shutdown() noexcept {
     std::lock_guard<std::mutex> lock(shutdown_mutex_);
     if (!env_) return;
+    if (generation_ == fork_generation() && watchdog_.joinable()) {
+      {
+        std::lock_guard<std::mutex> w(watch_mutex_);
+        stopping_ = true;
+      }
+      watch_cv_.notify_all();
+      watchdog_.join();
+    } else if (watchdog_.joinable()) {
+      watchdog_.detach();  // the parent's thread does not exist in this process
+    }
     if (generation_ == fork_generation()) {
       if (lease_->persistent()) env_->txn_checkpoint(env_, 0, 0, 0);
       env_->close(env_, 0);
@@ -348,7 +380,14 @@ class environment {
 
   [[nodiscard]] DB_ENV* handle() const noexcept { return env_; }
   [[nodiscard]] home_lease& lease() const noexcept { return *lease_; }
+  /// In a child of fork(): see home_lease::forget_inherited.
+  void forget_inherited() noexcept {
+    std::lock_guard<std::mutex> lock(shutdown_mutex_);
+    if (lease_) lease_->forget_inherited();
+  }
   [[nodiscard]] unsigned generation() const noexcept { return generation_; }
+  /// Whether failchk found that a dead process left the environment needing recovery.
+  [[nodiscard]] bool broken() const noexcept { return broken_.load(std::memory_order_relaxed); }
 
   /// Called after each committed write: checkpoints now and then so that logs can be removed
   /// and recovery stays short.
@@ -387,11 +426,29 @@ class environment {
     if (rc != 0) raise(origin, rc);
   }
 
+  /// A process killed while holding locks or inside a transaction leaves them held, and the
+  /// others would wait forever. Every watch interval this thread runs failchk, which aborts a
+  /// dead process's transactions and frees its locks, so that waiters go on.
+  void watch() {
+    std::unique_lock<std::mutex> lock(watch_mutex_);
+    while (!watch_cv_.wait_for(lock, watch_interval, [this] { return stopping_; })) {
+      int rc = env_->failchk(env_, 0);
+      if (rc == 0) continue;
+      stats().failchk_errors.fetch_add(1, std::memory_order_relaxed);
+      if (rc == DB_RUNRECOVERY) broken_.store(true, std::memory_order_relaxed);
+    }
+  }
+
   std::shared_ptr<home_lease> lease_;
   unsigned generation_;
   DB_ENV* env_ = nullptr;
   std::atomic<std::uint64_t> writes_{0};
+  std::atomic<bool> broken_{false};
   std::mutex shutdown_mutex_;
+  std::mutex watch_mutex_;
+  std::condition_variable watch_cv_;
+  bool stopping_ = false;
+  std::thread watchdog_;
 };
 
 /// A transaction that aborts unless committed. Berkeley DB frees DB_TXN whether or not commit
@@ -641,6 +698,8 @@ class registry {
     unsigned g = fork_generation();
     if (g == generation_) return;
     // The parent's objects stay with the handles that hold them; they never close anything here.
+    for (auto& entry : environments_)
+      if (auto env = entry.second.lock()) env->forget_inherited();
     databases_.clear();
     environments_.clear();
     formats_.clear();
