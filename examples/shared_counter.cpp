@@ -2,13 +2,13 @@
 // Each worker counts requests in a shared counter, leaves a note under its own key, and then
 // reads what the others left. Run it twice in a row: the temporary dict of the first run is
 // gone, so the counts start from zero again.
-#include <smisk/ipc.hpp>
-
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstdio>
 #include <string>
+
+#include <smisk/ipc.hpp>
 
 namespace ipc = smisk::ipc;
 
@@ -37,7 +37,8 @@ int main(int argc, char** argv) {
   for (int w = 0; w < workers; ++w) wait(nullptr);
 
   std::printf("%-20s %s\n", "key", "value (written by another process)");
-  for (const auto& [key, note] : notes.items()) std::printf("%-20s %s\n", key.c_str(), note.c_str());
+  for (const auto& [key, note] : notes.items())
+    std::printf("%-20s %s\n", key.c_str(), note.c_str());
   std::int64_t total = counters.get("requests", 0);
   std::printf("requests counted: %lld (expected %d)\n", static_cast<long long>(total),
               workers * requests);

@@ -1,13 +1,13 @@
 // The stored byte format of the built-in codecs, and their errors.
-#include <gtest/gtest.h>
-
-#include <smisk/ipc.hpp>
-
 #include <cmath>
 #include <cstdint>
 #include <limits>
 #include <string>
 #include <vector>
+
+#include <gtest/gtest.h>
+
+#include <smisk/ipc.hpp>
 
 namespace ipc = smisk::ipc;
 
@@ -62,7 +62,10 @@ TEST(codec, malformed_bytes_are_a_codec_error) {
   EXPECT_THROW(ipc::codec<double>::decode("1.5x"), ipc::codec_error);
   EXPECT_THROW(ipc::codec<level>::decode("70000"), ipc::codec_error);
   try {
-    ipc::codec<std::int64_t>::decode(std::string("\x01\xff" "abc", 5));
+    ipc::codec<std::int64_t>::decode(
+        std::string("\x01\xff"
+                    "abc",
+                    5));
     FAIL();
   } catch (const ipc::codec_error& e) {
     std::string what = e.what();

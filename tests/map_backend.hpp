@@ -3,9 +3,6 @@
 // new engine: tests/api_test.cpp runs the same typed suite on it as on Berkeley DB.
 #pragma once
 
-#include <smisk/ipc/backend.hpp>
-#include <smisk/ipc/error.hpp>
-
 #include <map>
 #include <memory>
 #include <mutex>
@@ -13,6 +10,9 @@
 #include <string_view>
 #include <utility>
 #include <vector>
+
+#include <smisk/ipc/backend.hpp>
+#include <smisk/ipc/error.hpp>
 
 namespace smisk_test {
 

@@ -13,7 +13,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <gtest/gtest.h>
 #include <poll.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -41,6 +40,8 @@
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include <gtest/gtest.h>
 
 namespace smisk_test {
 
@@ -155,9 +156,38 @@ inline void remove_tree(const std::string& path) noexcept {
   }
 }
 
+namespace detail {
+// The temp_dirs alive in this process, so that a firing watchdog can remove
+// them before it ends the process.
+struct live_temp_dirs {
+  std::mutex mutex;
+  std::vector<std::string> paths;
+
+  static live_temp_dirs& instance() {
+    static auto* dirs = new live_temp_dirs;  // never destroyed: usable during exit
+    return *dirs;
+  }
+  void add(const std::string& path) {
+    std::lock_guard<std::mutex> lock(mutex);
+    paths.push_back(path);
+  }
+  void remove(const std::string& path) {
+    std::lock_guard<std::mutex> lock(mutex);
+    paths.erase(std::remove(paths.begin(), paths.end(), path), paths.end());
+  }
+  // Best effort, from a watchdog about to end the process.
+  void remove_all_trees() {
+    std::unique_lock<std::mutex> lock(mutex, std::try_to_lock);
+    if (!lock.owns_lock()) return;
+    for (const auto& p : paths) remove_tree(p);
+  }
+};
+}  // namespace detail
+
 /// A fresh directory made with mkdtemp under /tmp (or base), removed with all
 /// its content when the object is destroyed by the process that created it
-/// (a forked child that leaves through std::exit never removes it).
+/// (a forked child that leaves through std::exit never removes it), or when a
+/// watchdog ends the process.
 class temp_dir {
  public:
   explicit temp_dir(const std::string& base = "/tmp", const std::string& prefix = "smisk-ipc-test-")
@@ -167,9 +197,12 @@ class temp_dir {
     buf.push_back('\0');
     if (::mkdtemp(buf.data()) == nullptr) throw_errno("mkdtemp " + pattern);
     path_ = buf.data();
+    detail::live_temp_dirs::instance().add(path_);
   }
   ~temp_dir() {
-    if (::getpid() == owner_) remove_tree(path_);
+    if (::getpid() != owner_) return;
+    detail::live_temp_dirs::instance().remove(path_);
+    remove_tree(path_);
   }
   temp_dir(const temp_dir&) = delete;
   temp_dir& operator=(const temp_dir&) = delete;
@@ -281,9 +314,9 @@ inline std::vector<pid_t> fork_children(int n, const std::function<void(int inde
 /// How a child ended.
 struct child_status {
   pid_t pid = -1;
-  bool exited = false;     // left through exit/_exit; exit_code is valid
+  bool exited = false;  // left through exit/_exit; exit_code is valid
   int exit_code = -1;
-  bool signaled = false;   // killed by a signal; term_signal is valid
+  bool signaled = false;  // killed by a signal; term_signal is valid
   int term_signal = 0;
   bool timed_out = false;  // did not end in time and was SIGKILLed by the waiter
 
@@ -299,10 +332,17 @@ struct child_status {
     if (exited) {
       out << "exited with code " << exit_code;
       switch (exit_code) {
-        case child_assertion_failed: out << " (gtest assertion failed in child)"; break;
-        case child_exception: out << " (uncaught exception, see stderr)"; break;
-        case child_unknown_exception: out << " (uncaught non-std exception)"; break;
-        default: break;
+        case child_assertion_failed:
+          out << " (gtest assertion failed in child)";
+          break;
+        case child_exception:
+          out << " (uncaught exception, see stderr)";
+          break;
+        case child_unknown_exception:
+          out << " (uncaught non-std exception)";
+          break;
+        default:
+          break;
       }
     } else if (signaled) {
       if (timed_out) out << ", ";
@@ -446,8 +486,8 @@ class signal_pipe {
 
   /// Reads count tokens; returns them, or nullopt if they did not all arrive
   /// within timeout (the tokens read so far are lost).
-  std::optional<std::string> receive(int count = 1,
-                                     std::chrono::milliseconds timeout = default_child_timeout) const {
+  std::optional<std::string> receive(
+      int count = 1, std::chrono::milliseconds timeout = default_child_timeout) const {
     std::string got;
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (static_cast<int>(got.size()) < count) {
@@ -482,9 +522,12 @@ class signal_pipe {
       if (pr == 0) return got;
       char buf[4096];
       const ssize_t r = ::read(fds_[0], buf, sizeof buf);
-      if (r > 0) got.append(buf, static_cast<std::size_t>(r));
-      else if (r == 0) return got;
-      else if (errno != EINTR && errno != EAGAIN) throw_errno("read signal_pipe");
+      if (r > 0)
+        got.append(buf, static_cast<std::size_t>(r));
+      else if (r == 0)
+        return got;
+      else if (errno != EINTR && errno != EAGAIN)
+        throw_errno("read signal_pipe");
     }
   }
 
@@ -529,19 +572,22 @@ class process_barrier {
 // ---------------------------------------------------------------------------
 // Time limits inside the test process
 
-/// Ends the whole test process with a message if it is still alive after
-/// `limit`, so that a hang in the library gives a clear failure rather than a
-/// ctest timeout. Destroying the watchdog disarms it.
+/// Ends the whole test process (exit code 124) with a message if it is still
+/// alive after `limit`, so that a hang in the library gives a clear failure
+/// rather than a ctest timeout. Before that it removes the process's live
+/// temp_dirs; its children die with it (fork_child sets PR_SET_PDEATHSIG).
+/// Destroying the watchdog disarms it.
 class watchdog {
  public:
   watchdog(std::chrono::milliseconds limit, std::string what)
-      : what_(std::move(what)), thread_([this, limit] {
+      : what_(std::move(what)), owner_(::getpid()), thread_([this, limit] {
           std::unique_lock<std::mutex> lock(mutex_);
           if (!cv_.wait_for(lock, limit, [this] { return disarmed_; })) {
             std::fprintf(stderr, "\nWATCHDOG: %s did not finish within %lld ms; aborting test\n",
                          what_.c_str(), static_cast<long long>(limit.count()));
             std::fflush(stdout);
             std::fflush(stderr);
+            if (::getpid() == owner_) detail::live_temp_dirs::instance().remove_all_trees();
             ::_exit(124);
           }
         }) {}
@@ -558,6 +604,7 @@ class watchdog {
 
  private:
   std::string what_;
+  pid_t owner_;
   std::mutex mutex_;
   std::condition_variable cv_;
   bool disarmed_ = false;

@@ -5,7 +5,9 @@ struct incomplete_backend {
   struct options {};
   incomplete_backend(const options&, std::string_view, std::string_view) {}
   template <class F>
-  bool get(std::string_view, F&&) const { return false; }
+  bool get(std::string_view, F&&) const {
+    return false;
+  }
   bool exists(std::string_view) const { return false; }
   void put(std::string_view, std::string_view) {}
   bool add(std::string_view, std::string_view) { return false; }

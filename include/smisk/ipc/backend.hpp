@@ -27,9 +27,9 @@
 //     void sync();                                              // flush to durable storage
 //
 //     // Optional capabilities; shared_dict's size()/keys()/clear()/... need them.
-//     template <class F> void for_each(F&& fn) const;     // fn(std::string_view k, std::string_view v)
-//     std::size_t count() const;
-//     void clear();
+//     template <class F> void for_each(F&& fn) const;     // fn(std::string_view k,
+//     std::string_view v) std::size_t count() const; bool empty() const; // else count() == 0 void
+//     clear();
 //   };
 #pragma once
 
@@ -66,9 +66,8 @@ struct has_options<B, std::void_t<typename B::options>> : std::true_type {};
 template <class B, class = void>
 struct has_get : std::false_type {};
 template <class B>
-struct has_get<B, std::void_t<decltype(bool{std::declval<const B&>().get(std::string_view{},
-                                                                         probe_consume{})})>>
-    : std::true_type {};
+struct has_get<B, std::void_t<decltype(bool{std::declval<const B&>().get(
+                      std::string_view{}, probe_consume{})})>> : std::true_type {};
 
 template <class B, class = void>
 struct has_exists : std::false_type {};
@@ -80,15 +79,15 @@ struct has_exists<B,
 template <class B, class = void>
 struct has_put : std::false_type {};
 template <class B>
-struct has_put<B, std::void_t<decltype(std::declval<B&>().put(std::string_view{},
-                                                              std::string_view{}))>>
+struct has_put<
+    B, std::void_t<decltype(std::declval<B&>().put(std::string_view{}, std::string_view{}))>>
     : std::true_type {};
 
 template <class B, class = void>
 struct has_add : std::false_type {};
 template <class B>
-struct has_add<B, std::void_t<decltype(bool{std::declval<B&>().add(std::string_view{},
-                                                                   std::string_view{})})>>
+struct has_add<
+    B, std::void_t<decltype(bool{std::declval<B&>().add(std::string_view{}, std::string_view{})})>>
     : std::true_type {};
 
 template <class B, class = void>
@@ -100,8 +99,8 @@ struct has_remove<B, std::void_t<decltype(bool{std::declval<B&>().remove(std::st
 template <class B, class = void>
 struct has_modify : std::false_type {};
 template <class B>
-struct has_modify<B, std::void_t<decltype(std::declval<B&>().modify(std::string_view{},
-                                                                    probe_step{}))>>
+struct has_modify<
+    B, std::void_t<decltype(std::declval<B&>().modify(std::string_view{}, probe_step{}))>>
     : std::true_type {};
 
 template <class B, class = void>
@@ -122,6 +121,12 @@ struct has_count<B, std::void_t<decltype(std::size_t{std::declval<const B&>().co
     : std::true_type {};
 
 template <class B, class = void>
+struct has_empty : std::false_type {};
+template <class B>
+struct has_empty<B, std::void_t<decltype(bool{std::declval<const B&>().empty()})>>
+    : std::true_type {};
+
+template <class B, class = void>
 struct has_clear : std::false_type {};
 template <class B>
 struct has_clear<B, std::void_t<decltype(std::declval<B&>().clear())>> : std::true_type {};
@@ -129,9 +134,9 @@ struct has_clear<B, std::void_t<decltype(std::declval<B&>().clear())>> : std::tr
 template <class B, class = void>
 struct has_open_constructor : std::false_type {};
 template <class B>
-struct has_open_constructor<B, std::enable_if_t<std::is_constructible_v<
-                                   B, const typename B::options&, std::string_view,
-                                   std::string_view>>> : std::true_type {};
+struct has_open_constructor<
+    B, std::enable_if_t<std::is_constructible_v<B, const typename B::options&, std::string_view,
+                                                std::string_view>>> : std::true_type {};
 
 }  // namespace detail
 
@@ -155,9 +160,10 @@ constexpr bool check_backend() {
                   "smisk::ipc backend: missing the constructor 'B(const options&, std::string_view "
                   "key_type, std::string_view value_type)' that opens the store");
   }
-  static_assert(has_get<B>::value,
-                "smisk::ipc backend: missing 'template <class F> bool get(std::string_view key, F&& "
-                "consume) const'");
+  static_assert(
+      has_get<B>::value,
+      "smisk::ipc backend: missing 'template <class F> bool get(std::string_view key, F&& "
+      "consume) const'");
   static_assert(has_exists<B>::value,
                 "smisk::ipc backend: missing 'bool exists(std::string_view key) const'");
   static_assert(has_put<B>::value,

@@ -62,20 +62,20 @@ struct codec_has_view<T, std::void_t<decltype(codec<T>::view(std::declval<const 
 template <class T, class = void>
 struct codec_is_complete : std::false_type {};
 template <class T>
-struct codec_is_complete<
-    T, std::void_t<decltype(codec<T>::encode(std::declval<const T&>(),
-                                             std::declval<std::string&>())),
-                   decltype(codec<T>::decode(std::string_view{}))>>
+struct codec_is_complete<T, std::void_t<decltype(codec<T>::encode(std::declval<const T&>(),
+                                                                  std::declval<std::string&>())),
+                                        decltype(codec<T>::decode(std::string_view{}))>>
     : std::is_convertible<decltype(codec<T>::decode(std::string_view{})), T> {};
 
 template <class T>
 constexpr void check_codec() {
-  static_assert(has_codec<T>::value,
-                "smisk::ipc: this key or value type has no codec. Built-in codecs cover std::string, "
-                "byte vectors, arithmetic types and enums. For your own type write "
-                "'template <> struct smisk::ipc::codec<T> { static constexpr std::string_view name "
-                "= \"mytype\"; static void encode(const T&, std::string& out); static T "
-                "decode(std::string_view bytes); };'");
+  static_assert(
+      has_codec<T>::value,
+      "smisk::ipc: this key or value type has no codec. Built-in codecs cover std::string, "
+      "byte vectors, arithmetic types and enums. For your own type write "
+      "'template <> struct smisk::ipc::codec<T> { static constexpr std::string_view name "
+      "= \"mytype\"; static void encode(const T&, std::string& out); static T "
+      "decode(std::string_view bytes); };'");
   if constexpr (has_codec<T>::value) {
     static_assert(codec_is_complete<T>::value,
                   "smisk::ipc: codec<T> must have 'static void encode(const T&, std::string& out)' "
@@ -127,9 +127,15 @@ constexpr const char* arithmetic_name() {
 template <class U>
 constexpr const char* enum_name() {
   if constexpr (std::is_signed_v<U>) {
-    return sizeof(U) == 1 ? "enum:i8" : sizeof(U) == 2 ? "enum:i16" : sizeof(U) == 4 ? "enum:i32" : "enum:i64";
+    return sizeof(U) == 1   ? "enum:i8"
+           : sizeof(U) == 2 ? "enum:i16"
+           : sizeof(U) == 4 ? "enum:i32"
+                            : "enum:i64";
   } else {
-    return sizeof(U) == 1 ? "enum:u8" : sizeof(U) == 2 ? "enum:u16" : sizeof(U) == 4 ? "enum:u32" : "enum:u64";
+    return sizeof(U) == 1   ? "enum:u8"
+           : sizeof(U) == 2 ? "enum:u16"
+           : sizeof(U) == 4 ? "enum:u32"
+                            : "enum:u64";
   }
 }
 
@@ -161,8 +167,7 @@ struct codec<std::vector<std::byte>> : detail::byte_vector_codec<std::vector<std
 template <>
 struct codec<std::vector<char>> : detail::byte_vector_codec<std::vector<char>> {};
 template <>
-struct codec<std::vector<unsigned char>> : detail::byte_vector_codec<std::vector<unsigned char>> {
-};
+struct codec<std::vector<unsigned char>> : detail::byte_vector_codec<std::vector<unsigned char>> {};
 template <>
 struct codec<std::vector<signed char>> : detail::byte_vector_codec<std::vector<signed char>> {};
 

@@ -50,8 +50,8 @@ class shared_dict {
 
   /// Opens the dict. Type mismatches, a refused home and an unreachable engine throw here.
   explicit shared_dict(options opts)
-      : backend_(std::make_shared<Backend>(opts, detail::codec_name<K>(), detail::codec_name<V>())) {
-  }
+      : backend_(
+            std::make_shared<Backend>(opts, detail::codec_name<K>(), detail::codec_name<V>())) {}
 
   // ---- lookup -----------------------------------------------------------------------------
 
@@ -60,7 +60,8 @@ class shared_dict {
   [[nodiscard]] std::optional<V> get(const K& key) const {
     std::optional<V> result;
     detail::encoded<K> k(key);
-    backend_->get(k.bytes(), [&](std::string_view bytes) { result.emplace(detail::decode<V>(bytes)); });
+    backend_->get(k.bytes(),
+                  [&](std::string_view bytes) { result.emplace(detail::decode<V>(bytes)); });
     return result;
   }
 
@@ -167,7 +168,8 @@ class shared_dict {
   V increment(const K& key, V delta = V(1)) {
     static_assert(std::is_arithmetic_v<V> && !std::is_same_v<V, bool>,
                   "smisk::ipc: increment() needs an arithmetic value type; use update() otherwise");
-    return update(key, [delta](std::optional<V> v) { return static_cast<V>(v.value_or(V(0)) + delta); });
+    return update(key,
+                  [delta](std::optional<V> v) { return static_cast<V>(v.value_or(V(0)) + delta); });
   }
 
   /// Stores `desired` if the stored value equals `expected` (nothing means "absent"). Values are
@@ -204,8 +206,10 @@ class shared_dict {
     static_assert(backend_traits<Backend>::can_count,
                   "smisk::ipc: this backend cannot count its keys (memcached, for one, has no way "
                   "to list or count keys), so size() is not available");
-    if constexpr (backend_traits<Backend>::can_count) return backend_->count();
-    else return 0;
+    if constexpr (backend_traits<Backend>::can_count)
+      return backend_->count();
+    else
+      return 0;
   }
 
   /// Whether the dict has no keys.
@@ -213,8 +217,12 @@ class shared_dict {
     static_assert(backend_traits<Backend>::can_count,
                   "smisk::ipc: this backend cannot count its keys (memcached, for one, has no way "
                   "to list or count keys), so empty() is not available");
-    if constexpr (backend_traits<Backend>::can_count) return backend_->count() == 0;
-    else return true;
+    if constexpr (detail::has_empty<Backend>::value)
+      return backend_->empty();
+    else if constexpr (backend_traits<Backend>::can_count)
+      return backend_->count() == 0;
+    else
+      return true;
   }
 
   /// Removes every key, atomically for every process.
@@ -334,9 +342,10 @@ class shared_dict {
  private:
   template <class F>
   void visit(F&& fn) const {
-    static_assert(backend_traits<Backend>::can_enumerate,
-                  "smisk::ipc: this backend cannot enumerate its keys (memcached, for one, has no "
-                  "way to list keys), so keys(), values(), items() and iteration are not available");
+    static_assert(
+        backend_traits<Backend>::can_enumerate,
+        "smisk::ipc: this backend cannot enumerate its keys (memcached, for one, has no "
+        "way to list keys), so keys(), values(), items() and iteration are not available");
     if constexpr (backend_traits<Backend>::can_enumerate) backend_->for_each(fn);
   }
 

@@ -203,10 +203,12 @@ inline void remove_home_files(const std::string& home, const manifest& m) {
 class home_lease {
  public:
   home_lease(std::string home, bool persistent, unsigned mode, bool default_home)
-      : home_(std::move(home)), persistent_(persistent), mode_(mode),
+      : home_(std::move(home)),
+        persistent_(persistent),
+        mode_(mode),
         generation_(fork_generation()) {
-    bool created = prepare_home(home_) || default_home;
-    gate_ = open_gate();
+    bool created = default_home;
+    gate_ = open_gate(&created);
     manifest m = manifest::read(home_);
     bool alone = ofd_lock(gate_.get(), 1, lock_kind::exclusive, false);
     if (alone && m.exists && !m.persistent) {
@@ -214,8 +216,7 @@ class home_lease {
       created = created || m.created_home;
       remove_home_files(home_, m);
       stats().stale_homes_cleaned.fetch_add(1, std::memory_order_relaxed);
-      prepare_home(home_);
-      unique_fd fresh = open_gate();
+      unique_fd fresh = open_gate(&created);
       gate_ = std::move(fresh);
       if (!ofd_lock(gate_.get(), 1, lock_kind::exclusive, false))
         throw engine_error("smisk::ipc: home " + home_ + " was taken while it was being cleaned");
@@ -226,6 +227,11 @@ class home_lease {
       throw home_error("smisk::ipc: home " + home_ + " holds " +
                        (m.persistent ? "persistent" : "temporary") +
                        " dicts; open it with persistent = " + (m.persistent ? "true" : "false"));
+    }
+    if (m.exists && created && !m.created_home) {
+      // Another process reached the gate first, but this one made the directory.
+      m.created_home = true;
+      m.write(home_, mode_);
     }
     if (!m.exists) {
       m.created_home = created;
@@ -287,14 +293,17 @@ class home_lease {
   [[nodiscard]] unsigned mode() const noexcept { return mode_; }
   /// Whether no other live process used the home when this process joined it.
   [[nodiscard]] bool alone_at_open() const noexcept { return alone_; }
-  void unlock_gate() const { ofd_lock(users_ ? users_.get() : gate_.get(), 0, lock_kind::none, false); }
+  void unlock_gate() const {
+    ofd_lock(users_ ? users_.get() : gate_.get(), 0, lock_kind::none, false);
+  }
 
  private:
-  /// Opens the lock file and takes the gate, retrying if the last process out removed the file.
-  unique_fd open_gate() const {
+  /// Opens the lock file and takes the gate, retrying if the last process out removed the file
+  /// (and perhaps the home). Sets *created if this process made the home directory.
+  unique_fd open_gate(bool* created = nullptr) const {
     std::string path = home_ + "/" + lock_file_name;
     for (;;) {
-      prepare_home(home_);
+      if (prepare_home(home_) && created) *created = true;
       unique_fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
                           static_cast<mode_t>(mode_)));
       if (!fd) throw_errno("cannot open the lock file " + path, "open");
@@ -402,8 +411,8 @@ class environment {
   void configure(const bsddb::options& o) {
     env_->set_errcall(env_, &on_bdb_error);
     env_->set_msgcall(env_, &on_bdb_message);
-    std::size_t cache = o.cache_size < (std::size_t{1} << 20) ? (std::size_t{1} << 20)
-                                                              : o.cache_size;
+    std::size_t cache =
+        o.cache_size < (std::size_t{1} << 20) ? (std::size_t{1} << 20) : o.cache_size;
     check(env_->set_cachesize(env_, static_cast<u_int32_t>(cache >> 30),
                               static_cast<u_int32_t>(cache & ((std::size_t{1} << 30) - 1)), 1),
           "DB_ENV->set_cachesize");
@@ -668,7 +677,8 @@ class registry {
       environments_[loc.home] = env;
       register_exit_handler();
     } else if (env->lease().persistent() != o.persistent) {
-      throw home_error("smisk::ipc: home " + loc.home + " is open in this process with persistent = " +
+      throw home_error("smisk::ipc: home " + loc.home +
+                       " is open in this process with persistent = " +
                        (env->lease().persistent() ? "true" : "false"));
     }
     home_lease::gate_guard gate(env->lease());

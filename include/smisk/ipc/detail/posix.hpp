@@ -106,8 +106,8 @@ inline std::string program_name() {
   auto slash = path.rfind('/');
   if (slash != std::string::npos) path.erase(0, slash + 1);
   const std::string deleted = " (deleted)";
-  if (path.size() > deleted.size() && path.compare(path.size() - deleted.size(), deleted.size(),
-                                                   deleted) == 0) {
+  if (path.size() > deleted.size() &&
+      path.compare(path.size() - deleted.size(), deleted.size(), deleted) == 0) {
     path.resize(path.size() - deleted.size());
   }
   return sanitize_name(path);
@@ -157,8 +157,7 @@ inline bool prepare_home(const std::string& home) {
     created = true;
   } else if (errno != EEXIST) {
     int err = errno;
-    throw home_error("smisk::ipc: cannot create home directory " + home + ": " +
-                         std::strerror(err),
+    throw home_error("smisk::ipc: cannot create home directory " + home + ": " + std::strerror(err),
                      err, "mkdir");
   }
   struct stat st;
@@ -168,7 +167,8 @@ inline bool prepare_home(const std::string& home) {
                      err, "lstat");
   }
   if (S_ISLNK(st.st_mode))
-    throw home_error("smisk::ipc: refusing home " + home + ": it is a symbolic link", ELOOP, "lstat");
+    throw home_error("smisk::ipc: refusing home " + home + ": it is a symbolic link", ELOOP,
+                     "lstat");
   if (!S_ISDIR(st.st_mode))
     throw home_error("smisk::ipc: refusing home " + home + ": it is not a directory", ENOTDIR,
                      "lstat");
@@ -179,9 +179,9 @@ inline bool prepare_home(const std::string& home) {
                      EPERM, "lstat");
   if (::access(home.c_str(), W_OK | X_OK) != 0) {
     int err = errno;
-    throw home_error("smisk::ipc: home directory " + home + " is not writable: " +
-                         std::strerror(err),
-                     err, "access");
+    throw home_error(
+        "smisk::ipc: home directory " + home + " is not writable: " + std::strerror(err), err,
+        "access");
   }
   return created;
 }
