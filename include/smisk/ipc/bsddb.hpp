@@ -97,11 +97,11 @@ class backend {
 
   bool remove(std::string_view key) {
     DBT k = detail::bdb::make_dbt(key);
-    int rc = run("DB->del", [&](detail::bdb::database& d) {
-      return d.handle()->del(d.handle(), nullptr, &k, 0);
-    });
-    if (rc == 0) current().env().note_write();
-    return rc == 0;
+    return run("DB->del", [&](detail::bdb::database& d) {
+             int rc = d.handle()->del(d.handle(), nullptr, &k, 0);
+             if (rc == 0) d.env().note_write();
+             return rc;
+           }) == 0;
   }
 
   /// Read-modify-write in one transaction: get with DB_RMW (a write lock on the key's page),
@@ -111,7 +111,6 @@ class backend {
     DBT k = detail::bdb::make_dbt(key);
     std::string current_value(256, '\0');
     std::string out;
-    bool wrote = false;
     run("DB_TXN", [&](detail::bdb::database& d) {
       DB* db = d.handle();
       detail::bdb::transaction txn(d.env().handle());
@@ -138,10 +137,10 @@ class backend {
         rc = db->del(db, txn.get(), &k, 0);
       }
       if (rc != 0) return rc;
-      wrote = true;
-      return txn.commit();
+      rc = txn.commit();
+      if (rc == 0) d.env().note_write();
+      return rc;
     });
-    if (wrote) current().env().note_write();
   }
 
   void sync() {
@@ -195,9 +194,10 @@ class backend {
       if (txn.begin_error()) return txn.begin_error();
       u_int32_t removed = 0;
       int rc = d.handle()->truncate(d.handle(), txn.get(), &removed, 0);
-      return rc != 0 ? rc : txn.commit();
+      if (rc == 0) rc = txn.commit();
+      if (rc == 0) d.env().note_write();
+      return rc;
     });
-    current().env().note_write();
   }
 
   /// The home directory in use.
@@ -207,25 +207,58 @@ class backend {
   [[nodiscard]] DB_ENV* env_handle() const { return current().env().handle(); }
 
  private:
-  /// The database of this process: reopened after fork(), refused after exit-time close.
+  /// The database of this process: reopened after fork() and after its environment broke,
+  /// refused after the exit-time close.
   detail::bdb::database& current() const {
     detail::bdb::database* d = current_.load(std::memory_order_acquire);
-    if (d->generation() != detail::fork_generation() || d->closed()) d = refresh();
+    if (d->generation() != detail::fork_generation() || d->closed() || d->env().broken())
+      d = refresh();
     return *d;
   }
 
   detail::bdb::database* refresh() const {
     std::lock_guard<std::mutex> lock(refresh_mutex_);
     detail::bdb::database* d = current_.load(std::memory_order_acquire);
-    if (d->generation() == detail::fork_generation() && !d->closed()) return d;
-    if (d->generation() == detail::fork_generation())
+    bool same_process = d->generation() == detail::fork_generation();
+    if (same_process && !d->closed() && !d->env().broken()) return d;
+    if (same_process && d->closed() && !d->env().broken())
       throw engine_error("smisk::ipc: the dict was closed when the process began to exit");
-    // A child of fork(): the parent's handles stay untouched; open this process's own.
+    if (same_process) detail::bdb::registry::instance().recover(owner_->env_ptr());
+    // A child of fork() opens its own handles (the parent's stay untouched); after a recovery
+    // this process opens the new environment.
     auto fresh = detail::bdb::registry::instance().open(options_, key_type_, value_type_);
     retired_.push_back(std::move(owner_));
     owner_ = std::move(fresh);
     current_.store(owner_.get(), std::memory_order_release);
     return owner_.get();
+  }
+
+  /// Runs op(database) until it returns something other than a deadlock or lock conflict, and
+  /// through recoveries. @returns 0, DB_NOTFOUND or DB_KEYEXIST; throws on any other error.
+  template <class Op>
+  int run(const char* origin, Op&& op) const {
+    for (detail::bdb::backoff retry;;) {
+      detail::bdb::database& d = current();
+      detail::bdb::environment& env = d.env();
+      if (!env.enter()) continue;  // broke meanwhile: current() reopens
+      struct inside {
+        detail::bdb::environment& env;
+        ~inside() { env.leave(); }
+      };
+      int rc;
+      {
+        inside guard{env};
+        rc = op(d);
+      }
+      if (rc == 0 || rc == DB_NOTFOUND || rc == DB_KEYEXIST) return rc;
+      if (detail::bdb::is_retryable(rc)) {
+        retry();
+      } else if (rc == DB_RUNRECOVERY) {
+        env.mark_broken();  // a dead process left it inconsistent: recover and redo
+      } else {
+        detail::bdb::raise(origin, rc);
+      }
+    }
   }
 
   /// Counts records (stopping at the first if `first_only`) without copying them.
@@ -252,25 +285,14 @@ class backend {
     return n;
   }
 
-  /// Runs op(database) until it returns something other than a deadlock or lock conflict.
-  /// @returns 0, DB_NOTFOUND or DB_KEYEXIST; throws on any other error.
-  template <class Op>
-  int run(const char* origin, Op&& op) const {
-    for (detail::bdb::backoff retry;; retry()) {
-      int rc = op(current());
-      if (rc == 0 || rc == DB_NOTFOUND || rc == DB_KEYEXIST) return rc;
-      if (!detail::bdb::is_retryable(rc)) detail::bdb::raise(origin, rc);
-    }
-  }
-
   int write(const char* origin, std::string_view key, std::string_view value, u_int32_t flags) {
     DBT k = detail::bdb::make_dbt(key);
     DBT v = detail::bdb::make_dbt(value);
-    int rc = run(origin, [&](detail::bdb::database& d) {
-      return d.handle()->put(d.handle(), nullptr, &k, &v, flags);
+    return run(origin, [&](detail::bdb::database& d) {
+      int rc = d.handle()->put(d.handle(), nullptr, &k, &v, flags);
+      if (rc == 0) d.env().note_write();
+      return rc;
     });
-    if (rc == 0) current().env().note_write();
-    return rc;
   }
 
   options options_;

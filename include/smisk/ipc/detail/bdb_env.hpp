@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <shared_mutex>
 #include <sstream>
 #include <string>
@@ -97,6 +98,8 @@ struct statistics {
   std::atomic<std::uint64_t> stale_homes_cleaned{0};
   std::atomic<std::uint64_t> homes_removed{0};
   std::atomic<std::uint64_t> failchk_errors{0};
+  std::atomic<std::uint64_t> recoveries{0};
+  std::atomic<std::uint64_t> environments_abandoned{0};
 };
 inline statistics& stats() {
   static statistics s;
@@ -293,6 +296,20 @@ class home_lease {
   [[nodiscard]] unsigned mode() const noexcept { return mode_; }
   /// Whether no other live process used the home when this process joined it.
   [[nodiscard]] bool alone_at_open() const noexcept { return alone_; }
+
+  /// The recovery epoch: how many times the environment of this home was recovered (or
+  /// created). Kept as text in the lock file; read and written only under the gate.
+  [[nodiscard]] std::uint64_t read_epoch() const {
+    char buf[32] = {};
+    ssize_t n = ::pread(fd(), buf, sizeof buf - 1, 0);
+    return n > 0 ? std::strtoull(buf, nullptr, 10) : 0;
+  }
+  void write_epoch(std::uint64_t epoch) const {
+    std::string text = std::to_string(epoch) + "\n";
+    if (::pwrite(fd(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+      throw_errno("cannot write the lock file in " + home_, "pwrite");
+  }
+  [[nodiscard]] int fd() const noexcept { return users_ ? users_.get() : gate_.get(); }
   void unlock_gate() const {
     ofd_lock(users_ ? users_.get() : gate_.get(), 0, lock_kind::none, false);
   }
@@ -330,30 +347,33 @@ class home_lease {
 /// One DB_ENV per home and process, shared by every dict of that home.
 class environment {
  public:
-  environment(std::shared_ptr<home_lease> lease, const bsddb::options& o)
-      : lease_(std::move(lease)), generation_(fork_generation()) {
+  /// Opens the environment of a home; the caller holds the home's gate. `recover` runs Berkeley
+  /// DB recovery (only safe when no other process uses the environment, or when every other
+  /// process will notice the panic that recovery leaves in the old environment and reopen).
+  environment(std::shared_ptr<home_lease> lease, const bsddb::options& o, bool recover,
+              std::uint64_t epoch)
+      : lease_(std::move(lease)), generation_(fork_generation()), epoch_(epoch) {
     int rc = ::db_env_create(&env_, 0);
     if (rc != 0) raise("db_env_create", rc);
     try {
       configure(o);
-      // Recovery runs only when no live process uses the home (the lease tells): then it is
-      // safe, and it repairs what crashed processes left. Joining a live environment runs
-      // failchk instead, which frees what dead processes held without disturbing the living.
       // DB_REGISTER is not used: it recovers (and so panics every live process) whenever any
       // process exited without closing, even one that held nothing. DB_FAILCHK at open is not
       // used either: with Berkeley DB 5.3's pthread mutexes its internal failchk fails with
       // "unable to destroy mutex" (EBUSY) after a process _exit()ed, where an explicit
       // failchk() after the open succeeds.
       u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN |
-                        DB_THREAD | (lease_->alone_at_open() ? DB_RECOVER : 0u);
+                        DB_THREAD | (recover ? DB_RECOVER : 0u);
       rc = env_->open(env_, lease_->home().c_str(), flags, static_cast<int>(o.mode));
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
-      if (!lease_->alone_at_open()) {
+      if (recover) stats().recoveries.fetch_add(1, std::memory_order_relaxed);
+      if (!recover) {
         rc = env_->failchk(env_, 0);
         if (rc != 0) raise("DB_ENV->failchk", rc, lease_->home());
       }
     } catch (...) {
       env_->close(env_, 0);
+      env_ = nullptr;
       throw;
     }
     stats().environments_opened.fetch_add(1, std::memory_order_relaxed);
@@ -380,7 +400,7 @@ class environment {
       watchdog_.detach();  // the parent's thread does not exist in this process
     }
     if (generation_ == fork_generation()) {
-      if (lease_->persistent()) env_->txn_checkpoint(env_, 0, 0, 0);
+      if (lease_->persistent() && !broken()) env_->txn_checkpoint(env_, 0, 0, 0);
       env_->close(env_, 0);
     }
     lease_.reset();  // the last process out of a temporary home removes it
@@ -395,8 +415,30 @@ class environment {
     if (lease_) lease_->forget_inherited();
   }
   [[nodiscard]] unsigned generation() const noexcept { return generation_; }
-  /// Whether failchk found that a dead process left the environment needing recovery.
-  [[nodiscard]] bool broken() const noexcept { return broken_.load(std::memory_order_relaxed); }
+  /// Whether the environment needs recovery (a dead process left it inconsistent: failchk or an
+  /// operation said DB_RUNRECOVERY). A broken environment is never used again by this process.
+  [[nodiscard]] bool broken() const noexcept { return broken_.load(std::memory_order_seq_cst); }
+  void mark_broken() noexcept { broken_.store(true, std::memory_order_seq_cst); }
+  [[nodiscard]] std::uint64_t epoch() const noexcept { return epoch_; }
+
+  /// Operations announce themselves, so that a broken environment is closed only once no thread
+  /// of this process is inside it. @returns false (and enters nothing) if it is broken.
+  [[nodiscard]] bool enter() noexcept {
+    inflight_.fetch_add(1, std::memory_order_seq_cst);
+    if (!broken()) return true;
+    inflight_.fetch_sub(1, std::memory_order_seq_cst);
+    return false;
+  }
+  void leave() noexcept { inflight_.fetch_sub(1, std::memory_order_seq_cst); }
+  /// Waits until no thread is inside; @returns false on timeout.
+  bool drain(std::chrono::milliseconds limit) const noexcept {
+    auto deadline = std::chrono::steady_clock::now() + limit;
+    while (inflight_.load(std::memory_order_seq_cst) != 0) {
+      if (std::chrono::steady_clock::now() > deadline) return false;
+      std::this_thread::sleep_for(std::chrono::microseconds(200));
+    }
+    return true;
+  }
 
   /// Called after each committed write: checkpoints now and then so that logs can be removed
   /// and recovery stays short.
@@ -444,15 +486,17 @@ class environment {
       int rc = env_->failchk(env_, 0);
       if (rc == 0) continue;
       stats().failchk_errors.fetch_add(1, std::memory_order_relaxed);
-      if (rc == DB_RUNRECOVERY) broken_.store(true, std::memory_order_relaxed);
+      if (rc == DB_RUNRECOVERY) mark_broken();
     }
   }
 
   std::shared_ptr<home_lease> lease_;
   unsigned generation_;
   DB_ENV* env_ = nullptr;
+  std::uint64_t epoch_;
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<bool> broken_{false};
+  std::atomic<int> inflight_{0};
   std::mutex shutdown_mutex_;
   std::mutex watch_mutex_;
   std::condition_variable watch_cv_;
@@ -543,6 +587,7 @@ class database {
 
   [[nodiscard]] DB* handle() const noexcept { return db_; }
   [[nodiscard]] environment& env() const noexcept { return *env_; }
+  [[nodiscard]] const std::shared_ptr<environment>& env_ptr() const noexcept { return env_; }
   [[nodiscard]] unsigned generation() const noexcept { return generation_; }
   [[nodiscard]] bsddb::access_method method() const noexcept { return method_; }
   /// Cursors take it shared, truncate exclusive: DB->truncate fails while cursors are open.
@@ -665,15 +710,12 @@ class registry {
       return found;
     }
     std::shared_ptr<environment> env = environments_[loc.home].lock();
+    if (env && env->broken()) {
+      recover_locked(env);
+      env.reset();
+    }
     if (!env) {
-      auto lease = std::make_shared<home_lease>(loc.home, o.persistent, o.mode, loc.default_home);
-      try {
-        env = std::make_shared<environment>(lease, o);
-      } catch (...) {
-        lease->unlock_gate();
-        throw;
-      }
-      lease->unlock_gate();
+      env = open_environment(loc, o);
       environments_[loc.home] = env;
       register_exit_handler();
     } else if (env->lease().persistent() != o.persistent) {
@@ -687,6 +729,14 @@ class registry {
     databases_[db_key] = db;
     formats_[db_key] = format_record(key_type, value_type, o.method);
     return db;
+  }
+
+  /// Takes a broken environment out of service in this process: no new operation enters it,
+  /// its handles are closed once the operations inside have left, and the next open() of its
+  /// home opens a new environment (running recovery if no other process has yet).
+  void recover(const std::shared_ptr<environment>& env) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    recover_locked(env);
   }
 
   /// Closes every dict of this process (at exit, so that temporary homes are removed even when
@@ -704,6 +754,75 @@ class registry {
   }
 
  private:
+  void recover_locked(const std::shared_ptr<environment>& env) {
+    if (env->generation() != fork_generation()) return;
+    env->mark_broken();
+    auto it = environments_.find(env->lease().home());
+    if (it == environments_.end() || it->second.lock() != env) return;  // already done
+    environments_.erase(it);
+    broken_epochs_[env->lease().home()] = env->epoch();
+    std::vector<std::shared_ptr<database>> dbs;
+    for (auto d = databases_.begin(); d != databases_.end();) {
+      auto db = d->second.lock();
+      if (db && &db->env() == env.get()) {
+        dbs.push_back(std::move(db));
+        d = databases_.erase(d);
+      } else {
+        ++d;
+      }
+    }
+    // Threads of this process still inside the environment leave it with an error (robust
+    // mutexes, bounded waits); only then may its handles be closed. If they do not, the
+    // handles are abandoned rather than closed under them.
+    if (env->drain(std::chrono::seconds(10))) {
+      for (auto& db : dbs) db->shutdown();
+      env->shutdown();
+    } else {
+      stats().environments_abandoned.fetch_add(1, std::memory_order_relaxed);
+      new std::shared_ptr<environment>(env);  // never closed
+    }
+  }
+
+  /// Opens the environment of a home under its gate. The first process in runs recovery; a
+  /// process whose environment broke runs it if no other process has since (the epoch in the
+  /// lock file tells); anyone else joins and runs failchk.
+  std::shared_ptr<environment> open_environment(const location& loc, const bsddb::options& o) {
+    std::shared_ptr<home_lease> lease = leases_[loc.home].lock();
+    std::optional<home_lease::gate_guard> gate;
+    bool first = false;
+    if (!lease) {
+      lease = std::make_shared<home_lease>(loc.home, o.persistent, o.mode, loc.default_home);
+      first = true;  // the lease holds the gate until unlock_gate()
+    } else {
+      gate.emplace(*lease);
+    }
+    struct release_gate {
+      home_lease* lease;
+      ~release_gate() {
+        if (lease) lease->unlock_gate();
+      }
+    } release{first ? lease.get() : nullptr};
+    std::uint64_t epoch = lease->read_epoch();
+    auto broke = broken_epochs_.find(loc.home);
+    bool recover = (first && lease->alone_at_open()) ||
+                   (broke != broken_epochs_.end() && broke->second == epoch);
+    std::shared_ptr<environment> env;
+    if (!recover) {
+      try {
+        env = std::make_shared<environment>(lease, o, false, epoch);
+      } catch (const engine_error& e) {
+        if (e.code() != DB_RUNRECOVERY) throw;
+        recover = true;  // failchk at join found that a dead process left it inconsistent
+      }
+    }
+    if (recover) {
+      env = std::make_shared<environment>(lease, o, true, ++epoch);
+      lease->write_epoch(epoch);
+    }
+    leases_[loc.home] = lease;
+    return env;
+  }
+
   void forget_parent_entries() {
     unsigned g = fork_generation();
     if (g == generation_) return;
@@ -713,6 +832,8 @@ class registry {
     databases_.clear();
     environments_.clear();
     formats_.clear();
+    leases_.clear();
+    broken_epochs_.clear();
     generation_ = g;
   }
 
@@ -729,6 +850,8 @@ class registry {
   std::map<std::string, std::weak_ptr<environment>> environments_;
   std::map<std::string, std::weak_ptr<database>> databases_;
   std::map<std::string, std::string> formats_;
+  std::map<std::string, std::weak_ptr<home_lease>> leases_;
+  std::map<std::string, std::uint64_t> broken_epochs_;
 };
 
 }  // namespace smisk::ipc::detail::bdb
