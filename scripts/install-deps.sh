@@ -11,6 +11,8 @@ packages=(
   db5.3-util       # db5.3_dump, db5.3_stat: look inside a dict
   libgtest-dev
   libbenchmark-dev
+  libmemcached-dev # the memcached backend (smisk::ipc_memcached)
+  memcached        # the server its tests run on loopback
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
