@@ -275,8 +275,7 @@ TEST(multiprocess, parent_keeps_working_after_idle_child_is_sigkilled) {
   EXPECT_EQ(d.get("n"), 3);
 }
 
-// Needs crash recovery of Berkeley DB's region mutexes (issue 3); enabled there.
-TEST(multiprocess, DISABLED_parent_keeps_working_after_busy_child_is_sigkilled_mid_write) {
+TEST(multiprocess, parent_keeps_working_after_busy_child_is_sigkilled_mid_write) {
   // The children are killed while they hammer one key, so now and then one dies holding a lock
   // or in the middle of a write. The others must notice and carry on within a bounded time,
   // with no lost or torn value.

@@ -201,7 +201,7 @@ class backend {
   }
 
   /// The home directory in use.
-  [[nodiscard]] std::string home() const { return current().env().lease().home(); }
+  [[nodiscard]] std::string home() const { return current().env().home(); }
   /// The raw handles, for what the library does not wrap. Not valid across fork().
   [[nodiscard]] DB* db_handle() const { return current().handle(); }
   [[nodiscard]] DB_ENV* env_handle() const { return current().env().handle(); }

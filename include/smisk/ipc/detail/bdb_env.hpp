@@ -27,6 +27,7 @@
 
 #include "../error.hpp"
 #include "posix.hpp"
+#include "robust_mutex.hpp"
 
 namespace smisk::ipc::bsddb {
 
@@ -352,7 +353,13 @@ class environment {
   /// process will notice the panic that recovery leaves in the old environment and reopen).
   environment(std::shared_ptr<home_lease> lease, const bsddb::options& o, bool recover,
               std::uint64_t epoch)
-      : lease_(std::move(lease)), generation_(fork_generation()), epoch_(epoch) {
+      : lease_(std::move(lease)),
+        home_(lease_->home()),
+        generation_(fork_generation()),
+        epoch_(epoch) {
+    // Before the first environment: libdb's process-shared mutexes become robust, so that a
+    // process killed while holding one makes the others fail (and recover) instead of hang.
+    robust::install();
     int rc = ::db_env_create(&env_, 0);
     if (rc != 0) raise("db_env_create", rc);
     try {
@@ -409,6 +416,8 @@ class environment {
 
   [[nodiscard]] DB_ENV* handle() const noexcept { return env_; }
   [[nodiscard]] home_lease& lease() const noexcept { return *lease_; }
+  [[nodiscard]] std::shared_ptr<home_lease> lease_ptr() const noexcept { return lease_; }
+  [[nodiscard]] const std::string& home() const noexcept { return home_; }
   /// In a child of fork(): see home_lease::forget_inherited.
   void forget_inherited() noexcept {
     std::lock_guard<std::mutex> lock(shutdown_mutex_);
@@ -483,14 +492,24 @@ class environment {
   void watch() {
     std::unique_lock<std::mutex> lock(watch_mutex_);
     while (!watch_cv_.wait_for(lock, watch_interval, [this] { return stopping_; })) {
+      if (broken()) {
+        // Threads of this process blocked inside the broken environment leave it with
+        // DB_RUNRECOVERY (and then recover) instead of waiting for a dead process.
+        robust::abort_waits(home_.c_str());
+        continue;
+      }
       int rc = env_->failchk(env_, 0);
       if (rc == 0) continue;
       stats().failchk_errors.fetch_add(1, std::memory_order_relaxed);
-      if (rc == DB_RUNRECOVERY) mark_broken();
+      if (rc == DB_RUNRECOVERY) {
+        mark_broken();
+        robust::abort_waits(home_.c_str());
+      }
     }
   }
 
   std::shared_ptr<home_lease> lease_;
+  const std::string home_;
   unsigned generation_;
   DB_ENV* env_ = nullptr;
   std::uint64_t epoch_;
@@ -751,16 +770,20 @@ class registry {
     databases_.clear();
     environments_.clear();
     formats_.clear();
+    recovering_leases_.clear();
   }
 
  private:
   void recover_locked(const std::shared_ptr<environment>& env) {
     if (env->generation() != fork_generation()) return;
     env->mark_broken();
-    auto it = environments_.find(env->lease().home());
+    auto it = environments_.find(env->home());
     if (it == environments_.end() || it->second.lock() != env) return;  // already done
     environments_.erase(it);
-    broken_epochs_[env->lease().home()] = env->epoch();
+    broken_epochs_[env->home()] = env->epoch();
+    // Keep this process's membership of the home across the reopen: were the lease released
+    // here, a temporary home would look abandoned and be wiped.
+    recovering_leases_[env->home()] = env->lease_ptr();
     std::vector<std::shared_ptr<database>> dbs;
     for (auto d = databases_.begin(); d != databases_.end();) {
       auto db = d->second.lock();
@@ -774,6 +797,7 @@ class registry {
     // Threads of this process still inside the environment leave it with an error (robust
     // mutexes, bounded waits); only then may its handles be closed. If they do not, the
     // handles are abandoned rather than closed under them.
+    robust::abort_waits(env->home().c_str());
     if (env->drain(std::chrono::seconds(10))) {
       for (auto& db : dbs) db->shutdown();
       env->shutdown();
@@ -820,6 +844,7 @@ class registry {
       lease->write_epoch(epoch);
     }
     leases_[loc.home] = lease;
+    recovering_leases_.erase(loc.home);
     return env;
   }
 
@@ -834,6 +859,9 @@ class registry {
     formats_.clear();
     leases_.clear();
     broken_epochs_.clear();
+    for (auto& entry : recovering_leases_) entry.second->forget_inherited();
+    for (auto& entry : recovering_leases_) new std::shared_ptr<home_lease>(entry.second);
+    recovering_leases_.clear();
     generation_ = g;
   }
 
@@ -852,6 +880,7 @@ class registry {
   std::map<std::string, std::string> formats_;
   std::map<std::string, std::weak_ptr<home_lease>> leases_;
   std::map<std::string, std::uint64_t> broken_epochs_;
+  std::map<std::string, std::shared_ptr<home_lease>> recovering_leases_;
 };
 
 }  // namespace smisk::ipc::detail::bdb
