@@ -30,18 +30,27 @@ namespace smisk::ipc::bsddb {
 
 /// What the library did in this process (all dicts together).
 struct statistics {
-  std::uint64_t deadlock_retries;     ///< operations retried after a deadlock or lock conflict
-  std::uint64_t checkpoints;          ///< checkpoints taken
-  std::uint64_t environments_opened;  ///< DB_ENV handles opened (after fork, again in the child)
-  std::uint64_t stale_homes_cleaned;  ///< temporary homes left by crashed processes, wiped
-  std::uint64_t homes_removed;        ///< temporary home directories removed by the last user
+  std::uint64_t deadlock_retries;        ///< operations retried after a deadlock or lock conflict
+  std::uint64_t checkpoints;             ///< checkpoints taken
+  std::uint64_t environments_opened;     ///< DB_ENV handles opened (after fork and recovery too)
+  std::uint64_t stale_homes_cleaned;     ///< temporary homes left by crashed processes, wiped
+  std::uint64_t homes_removed;           ///< temporary home directories removed by the last user
+  std::uint64_t recoveries;              ///< Berkeley DB recoveries this process ran (DB_RECOVER)
+  std::uint64_t dead_process_checks;     ///< failchk runs that found a dead process's damage
+  std::uint64_t environments_abandoned;  ///< broken environments left open (threads stuck inside)
+  std::uint64_t dead_mutex_owners;       ///< libdb mutexes found held by a dead process
+  std::uint64_t aborted_waits;           ///< waits inside a broken environment made to fail
 };
 
 /// The counters of this process.
 inline statistics stats() noexcept {
   auto& s = detail::bdb::stats();
-  return {s.deadlock_retries.load(), s.checkpoints.load(), s.environments_opened.load(),
-          s.stale_homes_cleaned.load(), s.homes_removed.load()};
+  auto& r = detail::robust::event_counts;
+  return {s.deadlock_retries.load(),    s.checkpoints.load(),
+          s.environments_opened.load(), s.stale_homes_cleaned.load(),
+          s.homes_removed.load(),       s.recoveries.load(),
+          s.failchk_errors.load(),      s.environments_abandoned.load(),
+          r.owner_died.load(),          r.waits_failed.load()};
 }
 
 /// Berkeley DB backend of shared_dict. One environment per home and process, one DB handle per

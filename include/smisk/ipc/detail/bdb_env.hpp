@@ -12,6 +12,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <map>
@@ -107,10 +108,27 @@ inline statistics& stats() {
   return s;
 }
 
-/// is_alive for failchk: a process is alive while a signal could be sent to it.
+/// Whether a process exists and is not a zombie (killed, not yet reaped by its parent: it holds
+/// nothing any more, but a signal can still be sent to it).
+inline bool process_alive(pid_t pid) noexcept {
+  if (::kill(pid, 0) != 0 && errno != EPERM) return false;
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/%d/stat", static_cast<int>(pid));
+  unique_fd fd(::open(path, O_RDONLY | O_CLOEXEC));
+  if (!fd) return true;  // no /proc: trust kill()
+  char buf[512];
+  ssize_t n = ::read(fd.get(), buf, sizeof buf - 1);
+  if (n <= 0) return false;  // gone meanwhile
+  buf[n] = '\0';
+  const char* paren = std::strrchr(buf, ')');  // "pid (comm) S ...": comm may hold anything
+  if (!paren || paren[1] != ' ') return true;
+  return paren[2] != 'Z' && paren[2] != 'X';
+}
+
+/// is_alive for failchk: this process, or another one that is neither gone nor a zombie.
 extern "C" inline int is_alive(DB_ENV*, pid_t pid, db_threadid_t, u_int32_t) {
   if (pid == ::getpid()) return 1;
-  return (::kill(pid, 0) == 0 || errno == EPERM) ? 1 : 0;
+  return process_alive(pid) ? 1 : 0;
 }
 
 /// Exponential backoff for deadlock and lock-conflict retries.
@@ -255,7 +273,11 @@ class home_lease {
   ~home_lease() {
     if (generation_ != fork_generation()) return;  // a copy inherited over fork(): not ours
     try {
-      unique_fd gate = open_gate();
+      // The home exists while this process is a member; never re-create it from here.
+      unique_fd gate(
+          ::open((home_ + "/" + lock_file_name).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+      if (!gate) return;
+      ofd_lock(gate.get(), 0, lock_kind::exclusive, true);
       users_.reset();
       if (!persistent_ && ofd_lock(gate.get(), 1, lock_kind::exclusive, false))
         remove_home_files(home_, manifest::read(home_));
@@ -492,16 +514,14 @@ class environment {
   void watch() {
     std::unique_lock<std::mutex> lock(watch_mutex_);
     while (!watch_cv_.wait_for(lock, watch_interval, [this] { return stopping_; })) {
-      if (broken()) {
-        // Threads of this process blocked inside the broken environment leave it with
-        // DB_RUNRECOVERY (and then recover) instead of waiting for a dead process.
-        robust::abort_waits(home_.c_str());
-        continue;
-      }
+      if (broken()) continue;  // recover() takes it from here
       int rc = env_->failchk(env_, 0);
       if (rc == 0) continue;
       stats().failchk_errors.fetch_add(1, std::memory_order_relaxed);
       if (rc == DB_RUNRECOVERY) {
+        // Threads of this process blocked inside the broken environment leave it with
+        // DB_RUNRECOVERY (and then recover) instead of waiting for a dead process. Only now,
+        // once: this process has no newer environment of the home mapped yet.
         mark_broken();
         robust::abort_waits(home_.c_str());
       }
@@ -714,6 +734,44 @@ class registry {
                                  std::string_view value_type) {
     location loc = locate(o);
     std::lock_guard<std::mutex> lock(mutex_);
+    // An environment can break while it is being joined (a process died in it): recover and
+    // open again, as operations do.
+    for (int attempt = 1;; ++attempt) {
+      try {
+        return open_locked(loc, o, key_type, value_type);
+      } catch (const engine_error& e) {
+        if (e.code() != DB_RUNRECOVERY || attempt == 50) throw;
+        if (auto env = environments_[loc.home].lock()) recover_locked(env);
+      }
+    }
+  }
+
+  /// Takes a broken environment out of service in this process: no new operation enters it,
+  /// its handles are closed once the operations inside have left, and the next open() of its
+  /// home opens a new environment (running recovery if no other process has yet).
+  void recover(const std::shared_ptr<environment>& env) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    recover_locked(env);
+  }
+
+  /// Closes every dict of this process (at exit, so that temporary homes are removed even when
+  /// handles are still open). Later operations on those handles throw.
+  void close_all() noexcept {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (generation_ != fork_generation()) return;
+    for (auto& entry : databases_)
+      if (auto db = entry.second.lock()) db->shutdown();
+    for (auto& entry : environments_)
+      if (auto env = entry.second.lock()) env->shutdown();
+    databases_.clear();
+    environments_.clear();
+    formats_.clear();
+    recovering_leases_.clear();
+  }
+
+ private:
+  std::shared_ptr<database> open_locked(const location& loc, const bsddb::options& o,
+                                        std::string_view key_type, std::string_view value_type) {
     forget_parent_entries();
     std::string db_key = loc.home + '\0' + loc.name;
     if (auto found = databases_[db_key].lock()) {
@@ -750,30 +808,6 @@ class registry {
     return db;
   }
 
-  /// Takes a broken environment out of service in this process: no new operation enters it,
-  /// its handles are closed once the operations inside have left, and the next open() of its
-  /// home opens a new environment (running recovery if no other process has yet).
-  void recover(const std::shared_ptr<environment>& env) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    recover_locked(env);
-  }
-
-  /// Closes every dict of this process (at exit, so that temporary homes are removed even when
-  /// handles are still open). Later operations on those handles throw.
-  void close_all() noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (generation_ != fork_generation()) return;
-    for (auto& entry : databases_)
-      if (auto db = entry.second.lock()) db->shutdown();
-    for (auto& entry : environments_)
-      if (auto env = entry.second.lock()) env->shutdown();
-    databases_.clear();
-    environments_.clear();
-    formats_.clear();
-    recovering_leases_.clear();
-  }
-
- private:
   void recover_locked(const std::shared_ptr<environment>& env) {
     if (env->generation() != fork_generation()) return;
     env->mark_broken();
@@ -834,9 +868,11 @@ class registry {
     if (!recover) {
       try {
         env = std::make_shared<environment>(lease, o, false, epoch);
-      } catch (const engine_error& e) {
-        if (e.code() != DB_RUNRECOVERY) throw;
-        recover = true;  // failchk at join found that a dead process left it inconsistent
+      } catch (const engine_error&) {
+        // Joining failed: failchk found that a dead process left the environment inconsistent
+        // (DB_RUNRECOVERY), or a process was killed while it created or recovered it ("unable
+        // to join the environment"). This process holds the gate: it recovers.
+        recover = true;
       }
     }
     if (recover) {
