@@ -8,3 +8,9 @@
 #include "ipc/codec.hpp"
 #include "ipc/error.hpp"
 #include "ipc/shared_dict.hpp"
+
+// The memcached backend needs libmemcached: it comes with the smisk::ipc_memcached target (which
+// defines SMISK_IPC_WITH_MEMCACHED), or with #include <smisk/ipc/memcached.hpp>.
+#if defined(SMISK_IPC_WITH_MEMCACHED) && SMISK_IPC_WITH_MEMCACHED
+#include "ipc/memcached.hpp"
+#endif

@@ -12,7 +12,8 @@
 #include <iostream>
 #include <string>
 
-#include <smisk/ipc/memcached.hpp>
+// Only the umbrella header: linking smisk::ipc_memcached brings the memcached backend into it.
+#include <smisk/ipc.hpp>
 
 int main() {
   const char* port_file = std::getenv("SMISK_IPC_MEMCACHED_PORT_FILE");
