@@ -26,8 +26,6 @@
 //   --quiet                fewer lines per round
 // Exit status: 0 as expected; 1 failed; 2 the watchdog saw a hang (expected with --no-install).
 
-#include <smisk/ipc/detail/robust_mutex.hpp>
-
 #include <db.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -40,9 +38,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <condition_variable>
-#include <cctype>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -53,6 +51,8 @@
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <smisk/ipc/detail/robust_mutex.hpp>
 
 namespace robust = smisk::ipc::detail::robust;
 
@@ -93,7 +93,8 @@ void remove_tree(const std::string& dir) {
 
 std::string make_temp_dir(const char* tag) {
   const char* base = std::getenv("TMPDIR");
-  std::string templ = std::string(base && *base ? base : "/tmp") + "/robust_mutex_" + tag + "_XXXXXX";
+  std::string templ =
+      std::string(base && *base ? base : "/tmp") + "/robust_mutex_" + tag + "_XXXXXX";
   std::vector<char> buf(templ.begin(), templ.end());
   buf.push_back('\0');
   if (!::mkdtemp(buf.data())) {
@@ -105,12 +106,18 @@ std::string make_temp_dir(const char* tag) {
 
 const char* rc_name(int rc) {
   switch (rc) {
-    case 0: return "0";
-    case DB_RUNRECOVERY: return "DB_RUNRECOVERY";
-    case DB_LOCK_DEADLOCK: return "DB_LOCK_DEADLOCK";
-    case DB_LOCK_NOTGRANTED: return "DB_LOCK_NOTGRANTED";
-    case DB_NOTFOUND: return "DB_NOTFOUND";
-    default: return db_strerror(rc);
+    case 0:
+      return "0";
+    case DB_RUNRECOVERY:
+      return "DB_RUNRECOVERY";
+    case DB_LOCK_DEADLOCK:
+      return "DB_LOCK_DEADLOCK";
+    case DB_LOCK_NOTGRANTED:
+      return "DB_LOCK_NOTGRANTED";
+    case DB_NOTFOUND:
+      return "DB_NOTFOUND";
+    default:
+      return db_strerror(rc);
   }
 }
 
@@ -205,7 +212,8 @@ class watchdog {
     std::printf("HANG: %s did not finish within its deadline (watchdog)\n", phase_.c_str());
     std::printf("  owner_died_count=%llu robust inits=%llu; %s\n",
                 static_cast<unsigned long long>(robust::owner_died_count()),
-                static_cast<unsigned long long>(robust::event_counts.robust_inits.load()), robust::status());
+                static_cast<unsigned long long>(robust::event_counts.robust_inits.load()),
+                robust::status());
     if (!summary.empty()) std::printf("  %s\n", summary.c_str());
     std::fflush(stdout);
     if (opt.gdb) {
@@ -268,8 +276,8 @@ int open_env(const std::string& home, bool recover, handles& h, bool create_db =
   if (!create_db) return 0;
   rc = ::db_create(&h.db, e, 0);
   if (rc == 0)
-    rc = h.db->open(h.db, nullptr, "data.db", nullptr, DB_BTREE, DB_CREATE | DB_AUTO_COMMIT | DB_THREAD,
-                    0600);
+    rc = h.db->open(h.db, nullptr, "data.db", nullptr, DB_BTREE,
+                    DB_CREATE | DB_AUTO_COMMIT | DB_THREAD, 0600);
   if (rc != 0) {
     if (h.db) h.db->close(h.db, 0);
     h.db = nullptr;
@@ -413,8 +421,9 @@ int run_kill() {
   long long worker_ops_total = 0;
   for (int round = 1; round <= opt.rounds; ++round) {
     char summary[200];
-    std::snprintf(summary, sizeof summary, "so far: %d clean rounds, %d DB_RUNRECOVERY rounds (round %d)",
-                  clean, recovered, round);
+    std::snprintf(summary, sizeof summary,
+                  "so far: %d clean rounds, %d DB_RUNRECOVERY rounds (round %d)", clean, recovered,
+                  round);
     wd.summary = summary;
     int pipefd[2];
     if (::pipe(pipefd) != 0) return 1;
@@ -496,8 +505,8 @@ int run_kill() {
 
     // The put/get the brief asks for, on the main thread.
     wd.arm("round " + std::to_string(round) + ": put/get after the child's death");
-    int final_rc = (worker_runrecovery || failchk_runrecovery) ? DB_RUNRECOVERY
-                                                               : put_get(h.db, 0, 42);
+    int final_rc =
+        (worker_runrecovery || failchk_runrecovery) ? DB_RUNRECOVERY : put_get(h.db, 0, 42);
     wd.disarm();
     bool runrecovery = final_rc == DB_RUNRECOVERY;
     if (final_rc != 0 && !runrecovery) {
@@ -523,13 +532,13 @@ int run_kill() {
       ++clean;
     }
     if (!opt.quiet)
-      std::printf("  round %2d: kill after %2d ms: %s (workers: %lld ops, %d saw DB_RUNRECOVERY; "
-                  "failchk: %s) owner_died=%llu failed waits=%llu\n",
-                  round, delay, runrecovery ? "DB_RUNRECOVERY -> recovered" : "clean",
-                  worker_ops.load(), worker_runrecovery.load(),
-                  failchk_runrecovery ? "DB_RUNRECOVERY" : "ok",
-                  static_cast<unsigned long long>(robust::owner_died_count()),
-                  static_cast<unsigned long long>(robust::event_counts.waits_failed.load()));
+      std::printf(
+          "  round %2d: kill after %2d ms: %s (workers: %lld ops, %d saw DB_RUNRECOVERY; "
+          "failchk: %s) owner_died=%llu failed waits=%llu\n",
+          round, delay, runrecovery ? "DB_RUNRECOVERY -> recovered" : "clean", worker_ops.load(),
+          worker_runrecovery.load(), failchk_runrecovery ? "DB_RUNRECOVERY" : "ok",
+          static_cast<unsigned long long>(robust::owner_died_count()),
+          static_cast<unsigned long long>(robust::event_counts.waits_failed.load()));
   }
   // Finally recover once more and read everything back.
   close_env(h);
@@ -540,17 +549,19 @@ int run_kill() {
   if (rc != 0) ++failed;
   close_env(h);
   remove_tree(home);
-  std::printf("RESULT kill: install=%s rounds=%d clean=%d runrecovery+recovered=%d failed=%d "
-              "owner_died_count=%llu not_recoverable=%llu self_deadlocks=%llu failed_waits=%llu "
-              "destroy_errors_hidden=%llu cond_destroys=%llu parent worker ops=%lld "
-              "failchk errors=%d\n",
-              opt.install ? "yes" : "no", opt.rounds, clean, recovered, failed,
-              static_cast<unsigned long long>(robust::owner_died_count()),
-              static_cast<unsigned long long>(robust::event_counts.not_recoverable.load()),
-              static_cast<unsigned long long>(robust::event_counts.self_deadlocks.load()),
-              static_cast<unsigned long long>(robust::event_counts.waits_failed.load()),
-              static_cast<unsigned long long>(robust::event_counts.destroy_errors.load()),
-              static_cast<unsigned long long>(robust::event_counts.cond_destroys.load()), worker_ops_total, failchk_errors);
+  std::printf(
+      "RESULT kill: install=%s rounds=%d clean=%d runrecovery+recovered=%d failed=%d "
+      "owner_died_count=%llu not_recoverable=%llu self_deadlocks=%llu failed_waits=%llu "
+      "destroy_errors_hidden=%llu cond_destroys=%llu parent worker ops=%lld "
+      "failchk errors=%d\n",
+      opt.install ? "yes" : "no", opt.rounds, clean, recovered, failed,
+      static_cast<unsigned long long>(robust::owner_died_count()),
+      static_cast<unsigned long long>(robust::event_counts.not_recoverable.load()),
+      static_cast<unsigned long long>(robust::event_counts.self_deadlocks.load()),
+      static_cast<unsigned long long>(robust::event_counts.waits_failed.load()),
+      static_cast<unsigned long long>(robust::event_counts.destroy_errors.load()),
+      static_cast<unsigned long long>(robust::event_counts.cond_destroys.load()), worker_ops_total,
+      failchk_errors);
   print_messages();
   return failed ? 1 : 0;
 }
@@ -689,8 +700,8 @@ int run_waiter() {
 /// fail: the robust, error-checking mutexes must not change Berkeley DB's normal behaviour.
 int run_stress() {
   if (opt.install) robust::install();
-  std::printf("stress: install=%s, 3 processes x 3 threads, 4 s\n  %s\n", opt.install ? "yes" : "NO",
-              robust::status());
+  std::printf("stress: install=%s, 3 processes x 3 threads, 4 s\n  %s\n",
+              opt.install ? "yes" : "NO", robust::status());
   std::string home = make_temp_dir("stress");
   watchdog wd;
   wd.home = home;
@@ -714,7 +725,8 @@ int run_stress() {
       std::vector<std::thread> ts;
       for (int t = 0; t < 3; ++t)
         ts.emplace_back([&, t] {
-          std::minstd_rand r(static_cast<unsigned>(opt.seed + 17u * static_cast<unsigned>(p * 3 + t)));
+          std::minstd_rand r(
+              static_cast<unsigned>(opt.seed + 17u * static_cast<unsigned>(p * 3 + t)));
           long long end = now_ms() + 4000;
           while (now_ms() < end) {
             unsigned key = static_cast<unsigned>(r() % 2000);  // many pages: deadlocks
@@ -737,12 +749,18 @@ int run_stress() {
                   v.size = sizeof vbuf;
                   if ((rc = c.db->put(c.db, txn, &k, &v, 0)) != 0) break;
                 }
-                if (rc == 0) rc = txn->commit(txn, 0);
-                else txn->abort(txn);
+                if (rc == 0)
+                  rc = txn->commit(txn, 0);
+                else
+                  txn->abort(txn);
                 break;
               }
-              case 0: rc = put(c.db, key, key); break;
-              case 1: rc = get(c.db, key); break;
+              case 0:
+                rc = put(c.db, key, key);
+                break;
+              case 1:
+                rc = get(c.db, key);
+                break;
               case 2: {
                 char kbuf[16];
                 std::snprintf(kbuf, sizeof kbuf, "key%u", key);
@@ -753,9 +771,12 @@ int run_stress() {
                 rc = c.db->del(c.db, nullptr, &k, 0);
                 break;
               }
-              default: rc = (r() % 50 == 0) ? check_contents(c.db) : get(c.db, key + 1); break;
+              default:
+                rc = (r() % 50 == 0) ? check_contents(c.db) : get(c.db, key + 1);
+                break;
             }
-            if (rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED) ++deadlocks;
+            if (rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED)
+              ++deadlocks;
             else if (rc != 0 && rc != DB_NOTFOUND) {
               ++errors;
               std::fprintf(stderr, "stress: %s\n", rc_name(rc));
@@ -767,8 +788,8 @@ int run_stress() {
       stop = true;
       failchk.join();
       close_env(c);
-      std::printf("  process %d: %ld ops, %ld deadlocks, %ld errors\n", p, ops.load(), deadlocks.load(),
-                  errors.load());
+      std::printf("  process %d: %ld ops, %ld deadlocks, %ld errors\n", p, ops.load(),
+                  deadlocks.load(), errors.load());
       std::fflush(stdout);
       std::_Exit(errors ? 1 : 0);
     }
@@ -785,13 +806,14 @@ int run_stress() {
   int rc = check_contents(h.db);
   close_env(h);
   remove_tree(home);
-  std::printf("RESULT stress: install=%s failed processes=%d final scan=%s owner_died_count=%llu "
-              "robust mutexes=%llu self_deadlocks=%llu failed_waits=%llu\n",
-              opt.install ? "yes" : "no", failures, rc_name(rc),
-              static_cast<unsigned long long>(robust::owner_died_count()),
-              static_cast<unsigned long long>(robust::event_counts.robust_inits.load()),
-              static_cast<unsigned long long>(robust::event_counts.self_deadlocks.load()),
-              static_cast<unsigned long long>(robust::event_counts.waits_failed.load()));
+  std::printf(
+      "RESULT stress: install=%s failed processes=%d final scan=%s owner_died_count=%llu "
+      "robust mutexes=%llu self_deadlocks=%llu failed_waits=%llu\n",
+      opt.install ? "yes" : "no", failures, rc_name(rc),
+      static_cast<unsigned long long>(robust::owner_died_count()),
+      static_cast<unsigned long long>(robust::event_counts.robust_inits.load()),
+      static_cast<unsigned long long>(robust::event_counts.self_deadlocks.load()),
+      static_cast<unsigned long long>(robust::event_counts.waits_failed.load()));
   print_messages();
   return (failures || rc != 0) ? 1 : 0;
 }
@@ -824,7 +846,8 @@ bench_result bench_once(bool install, long gets) {
       int bad = 0;
       for (long i = 0; i < gets; ++i) bad |= get(h.db, static_cast<unsigned>(i % 1000));
       auto t1 = std::chrono::steady_clock::now();
-      r.get_ns = std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(gets);
+      r.get_ns =
+          std::chrono::duration<double, std::nano>(t1 - t0).count() / static_cast<double>(gets);
       r.ok = bad == 0;
       close_env(h);
     }
@@ -833,8 +856,10 @@ bench_result bench_once(bool install, long gets) {
     // (installed) initialised and locked through the replacements (robust, error-checking).
     pthread_mutexattr_t a;
     pthread_mutexattr_init(&a);
-    if (install) smisk_ipc_robust_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    else pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    if (install)
+      smisk_ipc_robust_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    else
+      pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
     pthread_mutex_t m;
     pthread_mutex_init(&m, &a);
     int (*lock)(pthread_mutex_t*) = install ? &smisk_ipc_robust_mutex_lock : &pthread_mutex_lock;
@@ -867,9 +892,10 @@ int run_bench() {
   const long gets = 1000000;
   const int trials = 9;
   std::vector<double> plain, robust_, ratio, mplain, mrobust;
-  std::printf("bench: %ld uncontended DB->get (btree, 1000 keys, non-transactional read in a "
-              "transactional environment, one thread), %d alternating trials, each in a fresh process\n",
-              gets, trials);
+  std::printf(
+      "bench: %ld uncontended DB->get (btree, 1000 keys, non-transactional read in a "
+      "transactional environment, one thread), %d alternating trials, each in a fresh process\n",
+      gets, trials);
   for (int t = 0; t < trials; ++t) {
     bench_result a = bench_once(false, gets);
     bench_result b = bench_once(true, gets);
@@ -877,19 +903,21 @@ int run_bench() {
       std::printf("bench failed\n");
       return 1;
     }
-    std::printf("  trial %d: without install %.1f ns/get, with install %.1f ns/get (ratio %.3f; "
-                "%llu robust mutexes); pshared mutex lock+unlock: %.1f ns plain, %.1f ns robust\n",
-                t + 1, a.get_ns, b.get_ns, b.get_ns / a.get_ns, b.robust_inits, a.mutex_ns, b.mutex_ns);
+    std::printf(
+        "  trial %d: without install %.1f ns/get, with install %.1f ns/get (ratio %.3f; "
+        "%llu robust mutexes); pshared mutex lock+unlock: %.1f ns plain, %.1f ns robust\n",
+        t + 1, a.get_ns, b.get_ns, b.get_ns / a.get_ns, b.robust_inits, a.mutex_ns, b.mutex_ns);
     plain.push_back(a.get_ns);
     robust_.push_back(b.get_ns);
     ratio.push_back(b.get_ns / a.get_ns);
     mplain.push_back(a.mutex_ns);
     mrobust.push_back(b.mutex_ns);
   }
-  std::printf("RESULT bench: median %.1f ns/get without, %.1f ns/get with install: ratio %.3f "
-              "(median of per-trial ratios %.3f); lock+unlock pair %.1f vs %.1f ns\n",
-              median(plain), median(robust_), median(robust_) / median(plain), median(ratio),
-              median(mplain), median(mrobust));
+  std::printf(
+      "RESULT bench: median %.1f ns/get without, %.1f ns/get with install: ratio %.3f "
+      "(median of per-trial ratios %.3f); lock+unlock pair %.1f vs %.1f ns\n",
+      median(plain), median(robust_), median(robust_) / median(plain), median(ratio),
+      median(mplain), median(mrobust));
   return 0;
 }
 
@@ -932,8 +960,10 @@ int run_all() {
     const char* meaning;
   };
   std::vector<expectation> steps = {
-      {with({"--mode", "stress"}), 0, "no kills: nothing fails with robust, error-checking mutexes"},
-      {with({"--mode", "waiter"}), 0, "a blocked waiter returns DB_RUNRECOVERY when the holder dies"},
+      {with({"--mode", "stress"}), 0,
+       "no kills: nothing fails with robust, error-checking mutexes"},
+      {with({"--mode", "waiter"}), 0,
+       "a blocked waiter returns DB_RUNRECOVERY when the holder dies"},
       {with({"--mode", "kill"}), 0, "every round finishes (0 or DB_RUNRECOVERY + DB_RECOVER)"},
       {with({"--mode", "waiter", "--no-install"}), 2, "without install(): the waiter hangs"},
       {with({"--mode", "kill", "--no-install"}), 2, "without install(): some round hangs"},
@@ -948,7 +978,8 @@ int run_all() {
     bool pass = rc == s.expected;
     ok = ok && pass;
     report.push_back(std::string(pass ? "PASS" : "FAIL") + " (exit " + std::to_string(rc) +
-                     ", expected " + std::to_string(s.expected) + "): " + s.meaning + "  [" + line + "]");
+                     ", expected " + std::to_string(s.expected) + "): " + s.meaning + "  [" + line +
+                     "]");
   }
   std::printf("\nSUMMARY\n");
   for (auto& r : report) std::printf("  %s\n", r.c_str());
@@ -968,14 +999,22 @@ int main(int argc, char** argv) {
       }
       return argv[++i];
     };
-    if (a == "--mode") opt.mode = next();
-    else if (a == "--no-install") opt.install = false;
-    else if (a == "--rounds") opt.rounds = std::atoi(next().c_str());
-    else if (a == "--seed") opt.seed = static_cast<unsigned>(std::strtoul(next().c_str(), nullptr, 10));
-    else if (a == "--workers") opt.workers = std::atoi(next().c_str());
-    else if (a == "--sync") opt.sync = true;
-    else if (a == "--gdb") opt.gdb = true;
-    else if (a == "--quiet") opt.quiet = true;
+    if (a == "--mode")
+      opt.mode = next();
+    else if (a == "--no-install")
+      opt.install = false;
+    else if (a == "--rounds")
+      opt.rounds = std::atoi(next().c_str());
+    else if (a == "--seed")
+      opt.seed = static_cast<unsigned>(std::strtoul(next().c_str(), nullptr, 10));
+    else if (a == "--workers")
+      opt.workers = std::atoi(next().c_str());
+    else if (a == "--sync")
+      opt.sync = true;
+    else if (a == "--gdb")
+      opt.gdb = true;
+    else if (a == "--quiet")
+      opt.quiet = true;
     else {
       std::fprintf(stderr, "unknown argument %s\n", a.c_str());
       return 1;

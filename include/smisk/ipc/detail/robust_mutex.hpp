@@ -154,8 +154,10 @@ inline void mark_broken(std::uintptr_t lo, std::uintptr_t hi) noexcept {
       slot = &r;
       break;
     }
-  if (!slot) slot = &broken_ranges[broken_next++ % n];  // full: forget the oldest
-  else broken_count.fetch_add(1, std::memory_order_release);
+  if (!slot)
+    slot = &broken_ranges[broken_next++ % n];  // full: forget the oldest
+  else
+    broken_count.fetch_add(1, std::memory_order_release);
   *slot = {lo, hi};
 }
 
@@ -348,7 +350,8 @@ extern "C" inline int smisk_ipc_robust_mutex_trylock(pthread_mutex_t* m) noexcep
 
 extern "C" inline int smisk_ipc_robust_mutex_destroy(pthread_mutex_t* m) noexcept {
   namespace r = smisk::ipc::detail::robust;
-  if (r::real_destroy.load(std::memory_order_acquire)(m) != 0) r::count(r::event_counts.destroy_errors);
+  if (r::real_destroy.load(std::memory_order_acquire)(m) != 0)
+    r::count(r::event_counts.destroy_errors);
   return 0;
 }
 
@@ -422,7 +425,7 @@ inline std::uintptr_t address_of(F* f) noexcept {
 /// One loaded object, as dl_iterate_phdr describes it.
 struct elf_object {
   ElfW(Addr) base = 0;
-  const ElfW(Phdr)* phdr = nullptr;
+  const ElfW(Phdr) * phdr = nullptr;
   ElfW(Half) phnum = 0;
   const char* name = nullptr;
   bool main_program = false;
@@ -435,7 +438,7 @@ struct elf_object {
     }
     return false;
   }
-  [[nodiscard]] const ElfW(Phdr)* segment(ElfW(Word) type) const noexcept {
+  [[nodiscard]] const ElfW(Phdr) * segment(ElfW(Word) type) const noexcept {
     for (ElfW(Half) i = 0; i < phnum; ++i)
       if (phdr[i].p_type == type) return &phdr[i];
     return nullptr;
@@ -444,13 +447,13 @@ struct elf_object {
 
 /// What libdb's dynamic section says, with every address checked to lie in libdb.
 struct dynamic_info {
-  const ElfW(Sym)* symtab = nullptr;
+  const ElfW(Sym) * symtab = nullptr;
   const char* strtab = nullptr;
   std::size_t strsz = 0;
   std::size_t nsyms = 0;  // from DT_HASH or DT_GNU_HASH; 0 if unknown
-  const ElfW(Rela)* jmprel = nullptr;
+  const ElfW(Rela) * jmprel = nullptr;
   std::size_t jmprel_count = 0;
-  const ElfW(Rela)* rela = nullptr;
+  const ElfW(Rela) * rela = nullptr;
   std::size_t rela_count = 0;
 };
 
@@ -491,18 +494,41 @@ inline bool read_dynamic(const elf_object& o, dynamic_info& d) noexcept {
   std::size_t n = dyn_ph->p_memsz / sizeof(ElfW(Dyn));
   for (std::size_t i = 0; i < n && dyn[i].d_tag != DT_NULL; ++i) {
     switch (dyn[i].d_tag) {
-      case DT_SYMTAB: symtab = dyn[i].d_un.d_ptr; break;
-      case DT_STRTAB: strtab = dyn[i].d_un.d_ptr; break;
-      case DT_STRSZ: d.strsz = dyn[i].d_un.d_val; break;
-      case DT_JMPREL: jmprel = dyn[i].d_un.d_ptr; break;
-      case DT_PLTRELSZ: pltrelsz = dyn[i].d_un.d_val; break;
-      case DT_PLTREL: pltrel = static_cast<long>(dyn[i].d_un.d_val); break;
-      case DT_RELA: rela = dyn[i].d_un.d_ptr; break;
-      case DT_RELASZ: relasz = dyn[i].d_un.d_val; break;
-      case DT_RELAENT: relaent = dyn[i].d_un.d_val; break;
-      case DT_HASH: hash = dyn[i].d_un.d_ptr; break;
-      case DT_GNU_HASH: gnu_hash = dyn[i].d_un.d_ptr; break;
-      default: break;
+      case DT_SYMTAB:
+        symtab = dyn[i].d_un.d_ptr;
+        break;
+      case DT_STRTAB:
+        strtab = dyn[i].d_un.d_ptr;
+        break;
+      case DT_STRSZ:
+        d.strsz = dyn[i].d_un.d_val;
+        break;
+      case DT_JMPREL:
+        jmprel = dyn[i].d_un.d_ptr;
+        break;
+      case DT_PLTRELSZ:
+        pltrelsz = dyn[i].d_un.d_val;
+        break;
+      case DT_PLTREL:
+        pltrel = static_cast<long>(dyn[i].d_un.d_val);
+        break;
+      case DT_RELA:
+        rela = dyn[i].d_un.d_ptr;
+        break;
+      case DT_RELASZ:
+        relasz = dyn[i].d_un.d_val;
+        break;
+      case DT_RELAENT:
+        relaent = dyn[i].d_un.d_val;
+        break;
+      case DT_HASH:
+        hash = dyn[i].d_un.d_ptr;
+        break;
+      case DT_GNU_HASH:
+        gnu_hash = dyn[i].d_un.d_ptr;
+        break;
+      default:
+        break;
     }
   }
   if (pltrel != DT_RELA || relaent != sizeof(ElfW(Rela)) || !symtab || !strtab || !d.strsz)
@@ -552,9 +578,9 @@ inline bool defines(const elf_object& o, const char* name) noexcept {
 struct find_state {
   std::uintptr_t probe = 0;  // an address inside libdb, if known
   int index = 0;
-  int found = 0;             // objects defining db_env_create
-  elf_object by_address;     // the one containing `probe`
-  elf_object by_symbol;      // the (last) one defining db_env_create
+  int found = 0;          // objects defining db_env_create
+  elf_object by_address;  // the one containing `probe`
+  elf_object by_symbol;   // the (last) one defining db_env_create
   bool main_defines = false;
 };
 
@@ -606,7 +632,8 @@ inline bool write_slot(const elf_object& o, std::uintptr_t* where, std::uintptr_
   bool writable_segment = false;
   for (ElfW(Half) i = 0; i < o.phnum; ++i) {
     const ElfW(Phdr)& p = o.phdr[i];
-    if (p.p_type == PT_LOAD && a >= o.base + p.p_vaddr && a + sizeof value <= o.base + p.p_vaddr + p.p_memsz)
+    if (p.p_type == PT_LOAD && a >= o.base + p.p_vaddr &&
+        a + sizeof value <= o.base + p.p_vaddr + p.p_memsz)
       writable_segment = (p.p_flags & PF_W) != 0;
   }
   if (!writable_segment) return false;  // a GOT is never in a read-only or text segment
@@ -670,11 +697,16 @@ inline bool do_install(char* message, std::size_t size) noexcept {
       {"pthread_rwlock_wrlock", address_of(&::smisk_ipc_robust_rwlock_wrlock), {}, 0, {}, false},
       {"munmap", address_of(&::smisk_ipc_robust_munmap), {}, 0, {}, false},
       // Last: mutexes become robust only once the functions above handle what that brings.
-      {"pthread_mutexattr_setpshared", address_of(&::smisk_ipc_robust_mutexattr_setpshared), {}, 0, {}, true},
+      {"pthread_mutexattr_setpshared",
+       address_of(&::smisk_ipc_robust_mutexattr_setpshared),
+       {},
+       0,
+       {},
+       true},
   };
   constexpr int nslots = static_cast<int>(sizeof slots / sizeof slots[0]);
 
-  auto scan = [&](const ElfW(Rela)* rel, std::size_t n) {
+  auto scan = [&](const ElfW(Rela) * rel, std::size_t n) {
     for (std::size_t i = 0; i < n; ++i) {
       unsigned type = reloc_type(rel[i].r_info);
       if (type != reloc_jump_slot && type != reloc_glob_dat) continue;
@@ -713,11 +745,16 @@ inline bool do_install(char* message, std::size_t size) noexcept {
   for (slot& s : slots) {
     if (s.count == 0) continue;
     std::uintptr_t prev = s.previous[0];
-    if (std::strcmp(s.symbol, "pthread_mutex_trylock") == 0) adopt(real_trylock, libdb, prev);
-    else if (std::strcmp(s.symbol, "pthread_mutex_destroy") == 0) adopt(real_destroy, libdb, prev);
-    else if (std::strcmp(s.symbol, "pthread_cond_timedwait") == 0) adopt(real_cond_timedwait, libdb, prev);
-    else if (std::strcmp(s.symbol, "munmap") == 0) adopt(real_munmap, libdb, prev);
-    else if (std::strcmp(s.symbol, "pthread_mutexattr_setpshared") == 0) adopt(real_setpshared, libdb, prev);
+    if (std::strcmp(s.symbol, "pthread_mutex_trylock") == 0)
+      adopt(real_trylock, libdb, prev);
+    else if (std::strcmp(s.symbol, "pthread_mutex_destroy") == 0)
+      adopt(real_destroy, libdb, prev);
+    else if (std::strcmp(s.symbol, "pthread_cond_timedwait") == 0)
+      adopt(real_cond_timedwait, libdb, prev);
+    else if (std::strcmp(s.symbol, "munmap") == 0)
+      adopt(real_munmap, libdb, prev);
+    else if (std::strcmp(s.symbol, "pthread_mutexattr_setpshared") == 0)
+      adopt(real_setpshared, libdb, prev);
   }
 
   int patched = 0;
