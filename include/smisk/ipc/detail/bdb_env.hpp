@@ -154,6 +154,8 @@ class backoff {
 
 /// How often each process checks for dead processes that hold locks.
 constexpr std::chrono::milliseconds watch_interval{200};
+/// failchk runs at least every this many intervals (5 s), even when nothing seems stuck.
+constexpr int failchk_every_ticks = 25;
 
 inline bool is_retryable(int rc) noexcept {
   return rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED;
@@ -460,7 +462,10 @@ class environment {
     inflight_.fetch_sub(1, std::memory_order_seq_cst);
     return false;
   }
-  void leave() noexcept { inflight_.fetch_sub(1, std::memory_order_seq_cst); }
+  void leave() noexcept {
+    completed_.fetch_add(1, std::memory_order_relaxed);
+    inflight_.fetch_sub(1, std::memory_order_seq_cst);
+  }
   /// Waits until no thread is inside; @returns false on timeout.
   bool drain(std::chrono::milliseconds limit) const noexcept {
     auto deadline = std::chrono::steady_clock::now() + limit;
@@ -512,9 +517,21 @@ class environment {
   /// others would wait forever. Every watch interval this thread runs failchk, which aborts a
   /// dead process's transactions and frees its locks, so that waiters go on.
   void watch() {
+    std::uint64_t last_completed = 0;
+    int idle_ticks = 0;
     std::unique_lock<std::mutex> lock(watch_mutex_);
     while (!watch_cv_.wait_for(lock, watch_interval, [this] { return stopping_; })) {
       if (broken()) continue;  // recover() takes it from here
+      // failchk only when an operation of this process has made no progress for a whole
+      // interval (it may be waiting for a dead process), and every few seconds regardless.
+      // Running it all the time would cost CPU, and a process that exits (_exit) while its
+      // watchdog is inside failchk looks to the others like one that died inside Berkeley DB,
+      // which forces a recovery.
+      std::uint64_t done = completed_.load(std::memory_order_relaxed);
+      bool stuck = inflight_.load(std::memory_order_relaxed) > 0 && done == last_completed;
+      last_completed = done;
+      if (!stuck && ++idle_ticks < failchk_every_ticks) continue;
+      idle_ticks = 0;
       int rc = env_->failchk(env_, 0);
       if (rc == 0) continue;
       stats().failchk_errors.fetch_add(1, std::memory_order_relaxed);
@@ -536,6 +553,7 @@ class environment {
   std::atomic<std::uint64_t> writes_{0};
   std::atomic<bool> broken_{false};
   std::atomic<int> inflight_{0};
+  std::atomic<std::uint64_t> completed_{0};
   std::mutex shutdown_mutex_;
   std::mutex watch_mutex_;
   std::condition_variable watch_cv_;
