@@ -165,25 +165,13 @@ class backend {
   template <class F>
   void for_each(F&& fn) const {
     std::vector<std::pair<std::string, std::string>> records;
-    run("DBC->get", [&](detail::bdb::database& d) {
-      records.clear();
-      std::shared_lock<std::shared_mutex> no_truncate(d.cursor_mutex());
-      DBC* cursor = nullptr;
-      int rc = d.handle()->cursor(d.handle(), nullptr, &cursor, DB_READ_COMMITTED);
-      if (rc != 0) return rc;
-      DBT k, v;
-      std::memset(&k, 0, sizeof k);
-      std::memset(&v, 0, sizeof v);
-      k.flags = v.flags = DB_DBT_REALLOC;
-      while ((rc = cursor->get(cursor, &k, &v, DB_NEXT)) == 0)
-        records.emplace_back(std::string(static_cast<const char*>(k.data), k.size),
-                             std::string(static_cast<const char*>(v.data), v.size));
-      std::free(k.data);
-      std::free(v.data);
-      int close_rc = cursor->close(cursor);
-      if (rc == DB_NOTFOUND) rc = close_rc;
-      return rc;
-    });
+    scan(
+        DB_DBT_REALLOC, [&] { records.clear(); },
+        [&](const DBT& k, const DBT& v) {
+          records.emplace_back(std::string(static_cast<const char*>(k.data), k.size),
+                               std::string(static_cast<const char*>(v.data), v.size));
+          return true;
+        });
     for (const auto& [key, value] : records) fn(std::string_view(key), std::string_view(value));
   }
 
@@ -273,8 +261,23 @@ class backend {
   /// Counts records (stopping at the first if `first_only`) without copying them.
   std::size_t walk(bool first_only) const {
     std::size_t n = 0;
+    // DB_DBT_PARTIAL with dlen 0: position only, copy nothing.
+    scan(
+        DB_DBT_PARTIAL, [&] { n = 0; },
+        [&](const DBT&, const DBT&) {
+          ++n;
+          return !first_only;
+        });
+    return n;
+  }
+
+  /// Walks the database with a read-committed cursor (retried from the start, after `restart()`,
+  /// on deadlock), calling on_record(key, value) until it returns false. `dbt_flags` are the
+  /// flags of both DBTs; DB_DBT_REALLOC memory is freed here.
+  template <class Restart, class OnRecord>
+  void scan(u_int32_t dbt_flags, Restart&& restart, OnRecord&& on_record) const {
     run("DBC->get", [&](detail::bdb::database& d) {
-      n = 0;
+      restart();
       std::shared_lock<std::shared_mutex> no_truncate(d.cursor_mutex());
       DBC* cursor = nullptr;
       int rc = d.handle()->cursor(d.handle(), nullptr, &cursor, DB_READ_COMMITTED);
@@ -282,16 +285,17 @@ class backend {
       DBT k, v;
       std::memset(&k, 0, sizeof k);
       std::memset(&v, 0, sizeof v);
-      k.flags = v.flags = DB_DBT_PARTIAL;  // dlen 0: position only, copy nothing
-      while ((rc = cursor->get(cursor, &k, &v, DB_NEXT)) == 0) {
-        ++n;
-        if (first_only) break;
+      k.flags = v.flags = dbt_flags;
+      while ((rc = cursor->get(cursor, &k, &v, DB_NEXT)) == 0)
+        if (!on_record(k, v)) break;
+      if (dbt_flags & DB_DBT_REALLOC) {
+        std::free(k.data);
+        std::free(v.data);
       }
       int close_rc = cursor->close(cursor);
       if (rc == DB_NOTFOUND || rc == 0) rc = close_rc;
       return rc;
     });
-    return n;
   }
 
   int write(const char* origin, std::string_view key, std::string_view value, u_int32_t flags) {
