@@ -51,8 +51,9 @@ if step "configure build-asan" cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug
   # time out after 60 s. Leak checking is off here; ASan's memory errors and UBSan stay on.
   export ASAN_OPTIONS="detect_leaks=0"
   # The crash tests (issue 3, open) run in build/ only: under ASan their forked, killed and
-  # recovered processes sometimes stall for a minute (not yet understood).
-  step "ctest build-asan" ctest --test-dir build-asan --output-on-failure -j2 -LE 'packaging|chaos_long|crash' -E "$stress"
+  # recovered processes sometimes stall for a minute (not yet understood); so does the test that
+  # forks while other threads use the dict.
+  step "ctest build-asan" ctest --test-dir build-asan --output-on-failure -j2 -LE 'packaging|chaos_long|crash' -E "$stress|fork_while_other_threads"
 fi
 
 if ((${#failed[@]} == 0)); then
