@@ -544,6 +544,9 @@ class signal_pipe {
 /// before fork(). Each child calls arrive_and_wait(); the parent calls
 /// release_when_all_arrived(), which returns once every child has arrived and
 /// lets them all go on.
+/// Single use: the parent's release tokens are not tied to a round, so a
+/// child that arrives a second time could take a token meant for a slow child
+/// of the first round. Use one barrier per phase.
 class process_barrier {
  public:
   explicit process_barrier(int parties) : parties_(parties) {}
