@@ -178,7 +178,10 @@ std::string persistence_name(const ::testing::TestParamInfo<bool>& info) {
   X(environments_opened)          \
   X(checkpoints)                  \
   X(stale_homes_cleaned)          \
-  X(homes_removed)
+  X(homes_removed)                \
+  X(dead_mutex_owners)            \
+  X(aborted_waits)                \
+  X(detector_faults)
 
 #define SMISK_CRASH_TEST_HAS_FIELD(field)                                           \
   template <class S, class = void>                                                  \
@@ -424,6 +427,7 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
   watchdog guard(seconds(run_seconds + 200), std::string("chaos (") + kind(persistent) + ")");
   temp_dir dir(persistent ? "/tmp" : temp_base());
   const auto opts = dict_options(dir.path(), "chaos", persistent);
+  ::setenv("SMISK_TEST_STACKS_HOME", dir.path().c_str(), 1);  // for dump_stacks()
 
   std::uint64_t seed = std::random_device{}();
   if (const char* s = std::getenv("SMISK_CHAOS_SEED")) seed = std::strtoull(s, nullptr, 10);

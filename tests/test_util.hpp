@@ -367,6 +367,33 @@ inline child_status status_from_wait(pid_t pid, int wstatus) {
 
 /// Waits for all pids until the common deadline. Children still running then
 /// are SIGKILLed, reaped, marked timed_out, and the current test fails.
+/// With SMISK_TEST_STACKS=1 in the environment, prints every thread's stack of a process (and
+/// of this one, once) with gdb: what a child that hangs is waiting for. A debugging aid only.
+inline void dump_stacks(pid_t pid) {
+  const char* on = std::getenv("SMISK_TEST_STACKS");
+  if (!on || std::string(on) != "1") return;
+  static bool self_done = false;
+  auto run = [](pid_t p) {
+    std::string cmd = "gdb -p " + std::to_string(p) +
+                      " -batch -nx -ex 'thread apply all bt' 2>/dev/null | grep -E '^(#|Thread)' >&2";
+    std::fprintf(stderr, "---- stacks of %d ----\n", static_cast<int>(p));
+    std::fflush(stderr);
+    if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "(gdb failed)\n");
+  };
+  if (!self_done) {
+    self_done = true;
+    run(::getpid());
+    if (const char* home = std::getenv("SMISK_TEST_STACKS_HOME")) {
+      std::string cmd = std::string("ls -li ") + home + " >&2; cat " + home +
+                        "/smisk-ipc.lock >&2; timeout 5 db5.3_stat -h " + home + " -Clo >&2";
+      if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "(db5.3_stat failed)\n");
+    }
+  }
+  run(pid);
+  std::string maps = "grep -E '__db|smisk-ipc' /proc/" + std::to_string(pid) + "/maps >&2";
+  if (std::system(maps.c_str()) != 0) std::fprintf(stderr, "(no maps)\n");
+}
+
 /// Returns one status per pid, in the order of pids.
 inline std::vector<child_status> wait_children(
     const std::vector<pid_t>& pids, std::chrono::milliseconds timeout = default_child_timeout) {
@@ -391,6 +418,8 @@ inline std::vector<child_status> wait_children(
     }
     if (remaining == 0) break;
     if (std::chrono::steady_clock::now() >= deadline) {
+      for (std::size_t i = 0; i < pids.size(); ++i)
+        if (!done[i]) dump_stacks(pids[i]);
       for (std::size_t i = 0; i < pids.size(); ++i) {
         if (done[i]) continue;
         ::kill(pids[i], SIGKILL);

@@ -40,6 +40,7 @@ struct statistics {
   std::uint64_t environments_abandoned;  ///< broken environments left open (threads stuck inside)
   std::uint64_t dead_mutex_owners;       ///< libdb mutexes found held by a dead process
   std::uint64_t aborted_waits;           ///< waits inside a broken environment made to fail
+  std::uint64_t detector_faults;  ///< deadlock-detector runs that faulted on a dead process's mess
 };
 
 /// The counters of this process.
@@ -50,7 +51,8 @@ inline statistics stats() noexcept {
           s.environments_opened.load(), s.stale_homes_cleaned.load(),
           s.homes_removed.load(),       s.recoveries.load(),
           s.failchk_errors.load(),      s.environments_abandoned.load(),
-          r.owner_died.load(),          r.waits_failed.load()};
+          r.owner_died.load(),          r.waits_failed.load(),
+          r.detector_faults.load()};
 }
 
 /// Berkeley DB backend of shared_dict. One environment per home and process, one DB handle per
@@ -251,7 +253,10 @@ class backend {
       if (detail::bdb::is_retryable(rc)) {
         retry();
       } else if (rc == DB_RUNRECOVERY) {
-        env.mark_broken();  // a dead process left it inconsistent: recover and redo
+        // A dead process left it inconsistent: leave it (see environment::abort_waits), recover
+        // and redo.
+        env.mark_broken();
+        env.abort_waits();
       } else {
         detail::bdb::raise(origin, rc);
       }

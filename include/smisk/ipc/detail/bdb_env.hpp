@@ -24,6 +24,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "../error.hpp"
@@ -322,16 +323,29 @@ class home_lease {
   /// Whether no other live process used the home when this process joined it.
   [[nodiscard]] bool alone_at_open() const noexcept { return alone_; }
 
-  /// The recovery epoch: how many times the environment of this home was recovered (or
-  /// created). Kept as text in the lock file; read and written only under the gate.
-  [[nodiscard]] std::uint64_t read_epoch() const {
-    char buf[32] = {};
+  /// The recovery epoch (how many times the environment of this home was recovered) and
+  /// whether the last process that created or recovered the environment finished: "<epoch>
+  /// ready" or "<epoch> opening", as text in the lock file, read and written only under the gate.
+  struct epoch_state {
+    std::uint64_t epoch = 0;
+    bool interrupted = false;  // "opening": that process died before it was done
+  };
+  [[nodiscard]] epoch_state read_epoch() const {
+    char buf[48] = {};
     ssize_t n = ::pread(fd(), buf, sizeof buf - 1, 0);
-    return n > 0 ? std::strtoull(buf, nullptr, 10) : 0;
+    epoch_state st;
+    if (n <= 0) return st;
+    char* end = nullptr;
+    st.epoch = std::strtoull(buf, &end, 10);
+    st.interrupted = std::strncmp(end, " opening", 8) == 0;
+    return st;
   }
-  void write_epoch(std::uint64_t epoch) const {
-    std::string text = std::to_string(epoch) + "\n";
-    if (::pwrite(fd(), text.data(), text.size(), 0) != static_cast<ssize_t>(text.size()))
+  void write_epoch(std::uint64_t epoch, bool opening) const {
+    // Fixed width, so that a shorter text never leaves the tail of a longer one behind.
+    char text[40];
+    int n = std::snprintf(text, sizeof text, "%20llu %s\n", static_cast<unsigned long long>(epoch),
+                          opening ? "opening" : "ready  ");
+    if (::pwrite(fd(), text, static_cast<std::size_t>(n), 0) != n)
       throw_errno("cannot write the lock file in " + home_, "pwrite");
   }
   [[nodiscard]] int fd() const noexcept { return users_ ? users_.get() : gate_.get(); }
@@ -368,6 +382,28 @@ class home_lease {
 };
 
 // ---- the environment and its databases --------------------------------------------------------
+
+/// What an environment shares with its checkpoint thread. The thread co-owns it, so that an
+/// environment abandoned while the thread is stuck (see environment::shutdown) leaves it valid.
+struct checkpoint_state {
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool wanted = false;    // a checkpoint was asked for
+  bool stopping = false;  // the environment is being closed: end the thread
+  bool final = false;     // with stopping: one last checkpoint (persistent homes)
+  bool inside = false;    // the thread is inside DB_ENV->txn_checkpoint
+  bool exited = false;
+  std::atomic<bool> broken{false};  // the environment's broken flag
+  /// The address ranges of the environment's regions in this process, recorded at open.
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> regions;
+
+  /// Declares the regions broken in this process (waits there fail) and drops what the calling
+  /// thread holds there from its robust list (see robust_mutex.hpp).
+  void abort_waits() noexcept {
+    for (const auto& r : regions) robust::abort_waits_in(r.first, r.second);
+    robust::forget_broken_holds();
+  }
+};
 
 /// One DB_ENV per home and process, shared by every dict of that home.
 class environment {
@@ -408,7 +444,12 @@ class environment {
       throw;
     }
     stats().environments_opened.fetch_add(1, std::memory_order_relaxed);
+    // Under the gate, the home's live region files are this environment's.
+    robust::for_each_region(home_.c_str(), [this](std::uintptr_t lo, std::uintptr_t hi) {
+      checkpoints_->regions.emplace_back(lo, hi);
+    });
     watchdog_ = std::thread([this] { watch(); });
+    checkpointer_ = std::thread(&checkpoint_loop, checkpoints_, env_);
   }
 
   environment(const environment&) = delete;
@@ -417,22 +458,35 @@ class environment {
   ~environment() { shutdown(); }
 
   /// Closes the DB_ENV and leaves the home. Idempotent; a no-op for a handle inherited over fork.
+  ///
+  /// A checkpoint can hang for ever: libdb's page flush waits, without a mutex and without
+  /// looking at the panic flag, for a page that a dead process had latched. The checkpoint
+  /// thread is then left where it is and the DB_ENV is abandoned (never closed: closing would
+  /// unmap what the thread reads); its home is still left, so a temporary home is removed.
   void shutdown() noexcept {
     std::lock_guard<std::mutex> lock(shutdown_mutex_);
     if (!env_) return;
-    if (generation_ == fork_generation() && watchdog_.joinable()) {
+    bool abandon = false;
+    if (generation_ == fork_generation()) {
       {
         std::lock_guard<std::mutex> w(watch_mutex_);
         stopping_ = true;
       }
       watch_cv_.notify_all();
       watchdog_.join();
-    } else if (watchdog_.joinable()) {
-      watchdog_.detach();  // the parent's thread does not exist in this process
-    }
-    if (generation_ == fork_generation()) {
-      if (lease_->persistent() && !broken()) env_->txn_checkpoint(env_, 0, 0, 0);
-      env_->close(env_, 0);
+      abandon = !stop_checkpoints();
+      if (abandon) {
+        checkpointer_.detach();
+        stats().environments_abandoned.fetch_add(1, std::memory_order_relaxed);
+      } else {
+        checkpointer_.join();
+        env_->close(env_, 0);
+      }
+    } else {
+      // The parent's threads do not exist in this process, and their mutexes may be held by
+      // them for ever: touch nothing.
+      watchdog_.detach();
+      checkpointer_.detach();
     }
     lease_.reset();  // the last process out of a temporary home removes it
     env_ = nullptr;
@@ -450,8 +504,13 @@ class environment {
   [[nodiscard]] unsigned generation() const noexcept { return generation_; }
   /// Whether the environment needs recovery (a dead process left it inconsistent: failchk or an
   /// operation said DB_RUNRECOVERY). A broken environment is never used again by this process.
-  [[nodiscard]] bool broken() const noexcept { return broken_.load(std::memory_order_seq_cst); }
-  void mark_broken() noexcept { broken_.store(true, std::memory_order_seq_cst); }
+  [[nodiscard]] bool broken() const noexcept {
+    return checkpoints_->broken.load(std::memory_order_seq_cst);
+  }
+  void mark_broken() noexcept { checkpoints_->broken.store(true, std::memory_order_seq_cst); }
+  /// After DB_RUNRECOVERY: waits of this process inside the environment fail from now on, and
+  /// the calling thread forgets the mutexes it still holds there.
+  void abort_waits() noexcept { checkpoints_->abort_waits(); }
   [[nodiscard]] std::uint64_t epoch() const noexcept { return epoch_; }
 
   /// Operations announce themselves, so that a broken environment is closed only once no thread
@@ -476,12 +535,16 @@ class environment {
     return true;
   }
 
-  /// Called after each committed write: checkpoints now and then so that logs can be removed
-  /// and recovery stays short.
+  /// Called after each committed write: now and then asks the checkpoint thread for a
+  /// checkpoint, so that logs can be removed and recovery stays short. Operations never
+  /// checkpoint themselves: a checkpoint can hang (see shutdown()).
   void note_write() {
     if ((writes_.fetch_add(1, std::memory_order_relaxed) & 4095) == 4095) {
-      if (env_->txn_checkpoint(env_, 1024, 0, 0) == 0)
-        stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
+      {
+        std::lock_guard<std::mutex> lock(checkpoints_->mutex);
+        checkpoints_->wanted = true;
+      }
+      checkpoints_->cv.notify_one();
     }
   }
 
@@ -513,6 +576,48 @@ class environment {
     if (rc != 0) raise(origin, rc);
   }
 
+  /// The checkpoint thread: a checkpoint (if at least 1 MiB of log was written since the last)
+  /// whenever one is asked for, and a last full one at close for persistent homes. Never in a
+  /// broken environment.
+  static void checkpoint_loop(std::shared_ptr<checkpoint_state> state, DB_ENV* env) {
+    std::unique_lock<std::mutex> lock(state->mutex);
+    for (;;) {
+      state->cv.wait(lock, [&] { return state->stopping || state->wanted; });
+      const bool last = state->stopping;
+      const bool run = (last ? state->final : state->wanted) && !state->broken.load();
+      state->wanted = false;
+      if (run) {
+        state->inside = true;
+        lock.unlock();
+        const int rc = env->txn_checkpoint(env, last ? 0 : 1024, 0, 0);
+        if (rc == 0) stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
+        if (rc == DB_RUNRECOVERY) {
+          state->broken.store(true);
+          state->abort_waits();
+        }
+        lock.lock();
+        state->inside = false;
+      }
+      if (last) {
+        state->exited = true;
+        state->cv.notify_all();
+        return;
+      }
+    }
+  }
+
+  /// Ends the checkpoint thread (after a last checkpoint of a persistent home). @returns false
+  /// if it is stuck inside a checkpoint: for 100 ms in a broken environment, else for 3 s.
+  bool stop_checkpoints() noexcept {
+    std::unique_lock<std::mutex> lock(checkpoints_->mutex);
+    checkpoints_->stopping = true;
+    checkpoints_->final = lease_->persistent();
+    checkpoints_->cv.notify_all();
+    const auto deadline = std::chrono::steady_clock::now() +
+                          (broken() ? std::chrono::milliseconds(100) : std::chrono::seconds(3));
+    return checkpoints_->cv.wait_until(lock, deadline, [this] { return checkpoints_->exited; });
+  }
+
   /// A process killed while holding locks or inside a transaction leaves them held, and the
   /// others would wait forever. Every watch interval this thread runs failchk, which aborts a
   /// dead process's transactions and frees its locks, so that waiters go on.
@@ -540,7 +645,7 @@ class environment {
         // DB_RUNRECOVERY (and then recover) instead of waiting for a dead process. Only now,
         // once: this process has no newer environment of the home mapped yet.
         mark_broken();
-        robust::abort_waits(home_.c_str());
+        abort_waits();
       }
     }
   }
@@ -551,7 +656,7 @@ class environment {
   DB_ENV* env_ = nullptr;
   std::uint64_t epoch_;
   std::atomic<std::uint64_t> writes_{0};
-  std::atomic<bool> broken_{false};
+  std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();
   std::atomic<int> inflight_{0};
   std::atomic<std::uint64_t> completed_{0};
   std::mutex shutdown_mutex_;
@@ -559,6 +664,7 @@ class environment {
   std::condition_variable watch_cv_;
   bool stopping_ = false;
   std::thread watchdog_;
+  std::thread checkpointer_;
 };
 
 /// A transaction that aborts unless committed. Berkeley DB frees DB_TXN whether or not commit
@@ -820,6 +926,13 @@ class registry {
     }
     home_lease::gate_guard gate(env->lease());
     env->lease().record_database(loc.name);
+    // Opening a database takes locks that a dead process may hold: it counts as an operation,
+    // so that the watchdog runs failchk when it is stuck, as for any other.
+    if (!env->enter()) raise("DB->open", DB_RUNRECOVERY, loc.home + "/" + loc.name);
+    struct inside {
+      environment& env;
+      ~inside() { env.leave(); }
+    } guard{*env};
     auto db = std::make_shared<database>(env, loc.name, key_type, value_type, o.method, o.mode);
     databases_[db_key] = db;
     formats_[db_key] = format_record(key_type, value_type, o.method);
@@ -849,7 +962,7 @@ class registry {
     // Threads of this process still inside the environment leave it with an error (robust
     // mutexes, bounded waits); only then may its handles be closed. If they do not, the
     // handles are abandoned rather than closed under them.
-    robust::abort_waits(env->home().c_str());
+    env->abort_waits();
     if (env->drain(std::chrono::seconds(10))) {
       for (auto& db : dbs) db->shutdown();
       env->shutdown();
@@ -878,14 +991,22 @@ class registry {
         if (lease) lease->unlock_gate();
       }
     } release{first ? lease.get() : nullptr};
-    std::uint64_t epoch = lease->read_epoch();
+    const auto state = lease->read_epoch();
+    std::uint64_t epoch = state.epoch;
     auto broke = broken_epochs_.find(loc.home);
-    bool recover = (first && lease->alone_at_open()) ||
+    // A process that died while it created or recovered the environment left its regions half
+    // made: joining them would wait (libdb retries for 18 s) and then fail. Recover instead.
+    bool recover = (first && lease->alone_at_open()) || state.interrupted ||
                    (broke != broken_epochs_.end() && broke->second == epoch);
     std::shared_ptr<environment> env;
     if (!recover) {
+      // Without region files, this process creates the environment.
+      struct stat st;
+      const bool creating = ::stat((loc.home + "/__db.001").c_str(), &st) != 0;
+      if (creating) lease->write_epoch(epoch, true);
       try {
         env = std::make_shared<environment>(lease, o, false, epoch);
+        if (creating) lease->write_epoch(epoch, false);
       } catch (const engine_error&) {
         // Joining failed: failchk found that a dead process left the environment inconsistent
         // (DB_RUNRECOVERY), or a process was killed while it created or recovered it ("unable
@@ -894,8 +1015,9 @@ class registry {
       }
     }
     if (recover) {
-      env = std::make_shared<environment>(lease, o, true, ++epoch);
-      lease->write_epoch(epoch);
+      lease->write_epoch(++epoch, true);
+      env = std::make_shared<environment>(lease, o, true, epoch);
+      lease->write_epoch(epoch, false);
     }
     leases_[loc.home] = lease;
     recovering_leases_.erase(loc.home);

@@ -78,8 +78,12 @@
 #include <limits.h>
 #include <link.h>
 #include <pthread.h>
+#include <setjmp.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <linux/futex.h>
 #include <sys/mman.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -100,6 +104,7 @@ using cond_timedwait_fn = int (*)(pthread_cond_t*, pthread_mutex_t*, const struc
 using rwlock_fn = int (*)(pthread_rwlock_t*);
 using rwlock_timed_fn = int (*)(pthread_rwlock_t*, const struct timespec*);
 using munmap_fn = int (*)(void*, std::size_t);
+using lock_detect_fn = int (*)(ENV*, u_int32_t, int*);
 
 /// What the replacements call: the function libdb's slot pointed to when it was already
 /// resolved, else (lazy binding: the slot still points to libdb's own PLT stub, which would
@@ -114,6 +119,7 @@ inline std::atomic<rwlock_fn> real_trywrlock{&::pthread_rwlock_trywrlock};
 inline std::atomic<rwlock_timed_fn> real_timedrdlock{&::pthread_rwlock_timedrdlock};
 inline std::atomic<rwlock_timed_fn> real_timedwrlock{&::pthread_rwlock_timedwrlock};
 inline std::atomic<munmap_fn> real_munmap{&::munmap};
+inline std::atomic<lock_detect_fn> real_lock_detect{nullptr};  // libdb's own, found with dlsym
 
 /// Counters, per process.
 struct counters {
@@ -124,6 +130,7 @@ struct counters {
   std::atomic<std::uint64_t> robust_inits{0};     // mutex attributes made robust
   std::atomic<std::uint64_t> destroy_errors{0};   // pthread_mutex_destroy failures hidden
   std::atomic<std::uint64_t> cond_destroys{0};    // pthread_cond_destroy calls not waited for
+  std::atomic<std::uint64_t> detector_faults{0};  // deadlock detector runs ended by a fault
 };
 inline counters event_counts;
 
@@ -179,6 +186,53 @@ inline bool is_broken(const void* object) noexcept {
   for (const broken_range& r : broken_ranges)
     if (r.hi != 0 && a >= r.lo && a < r.hi) return true;
   return false;
+}
+
+// ---- this thread's robust list ----------------------------------------------------------------
+//
+// glibc links every robust mutex a thread holds into that thread's robust list (the kernel walks
+// it when the thread dies, which is what makes EOWNERDEAD possible). On an error (a panic, a
+// mutex that failed) libdb often returns with mutexes of the broken environment still held; once
+// the environment is closed and its regions unmapped, the list points into unmapped memory, and
+// the next robust-mutex operation of the thread (in any environment) follows it: SIGSEGV. So a
+// thread drops from its list what it holds in broken memory before that memory goes away; the
+// mutexes stay locked (the environment is thrown away with them). The layout is glibc's on
+// x86-64 and AArch64: pthread_mutex_t's __list is {__prev, __next}, the list links the __next
+// fields, the head's own fake entry is struct robust_list_head::list.
+
+/// Unlinks from the calling thread's robust list every mutex whose address satisfies `drop`.
+/// @returns how many it unlinked.
+template <class Drop>
+inline int forget_holds(Drop&& drop) noexcept {
+  struct robust_list_head* head = nullptr;
+  std::size_t len = 0;
+  if (::syscall(SYS_get_robust_list, 0, &head, &len) != 0 || !head) return 0;
+  constexpr std::uintptr_t flag = 1;  // glibc marks PI mutexes in the low bit
+  const auto end = reinterpret_cast<std::uintptr_t>(&head->list);
+  int dropped = 0;
+  std::uintptr_t cur = reinterpret_cast<std::uintptr_t>(head->list.next) & ~flag;
+  for (int guard = 0; cur != end && cur != 0 && guard < 4096; ++guard) {
+    auto** next_field = reinterpret_cast<void**>(cur);  // the entry's __next
+    auto** prev_field = next_field - 1;                 // the entry's __prev
+    const std::uintptr_t next = reinterpret_cast<std::uintptr_t>(*next_field) & ~flag;
+    if (drop(reinterpret_cast<const void*>(cur))) {
+      // glibc's DEQUEUE_MUTEX: next->__prev = entry->__prev; prev->__next = entry->__next.
+      auto** next_prev = reinterpret_cast<void**>(next) - 1;
+      auto** prev_next =
+          reinterpret_cast<void**>(reinterpret_cast<std::uintptr_t>(*prev_field) & ~flag);
+      *next_prev = *prev_field;
+      *prev_next = *next_field;
+      ++dropped;
+    }
+    cur = next;
+  }
+  return dropped;
+}
+
+/// Unlinks from the calling thread's robust list the mutexes it holds in broken memory.
+inline int forget_broken_holds() noexcept {
+  if (broken_count.load(std::memory_order_acquire) == 0) return 0;
+  return forget_holds([](const void* m) { return is_broken(m); });
 }
 
 /// Calls f(lo, hi, path) for each line of /proc/self/maps, without allocating.
@@ -384,15 +438,104 @@ extern "C" inline int smisk_ipc_robust_rwlock_wrlock(pthread_rwlock_t* l) noexce
 
 extern "C" inline int smisk_ipc_robust_munmap(void* addr, std::size_t len) noexcept {
   namespace r = smisk::ipc::detail::robust;
+  // Nothing of this thread's robust list may point into memory that goes away.
+  const auto lo = reinterpret_cast<std::uintptr_t>(addr), hi = lo + len;
+  r::forget_holds([&](const void* m) {
+    const auto a = reinterpret_cast<std::uintptr_t>(m);
+    return a >= lo && a < hi;
+  });
   int rc = r::real_munmap.load(std::memory_order_acquire)(addr, len);
-  if (rc == 0) {
-    auto lo = reinterpret_cast<std::uintptr_t>(addr);
-    r::forget_broken(lo, lo + len);
-  }
+  if (rc == 0) r::forget_broken(lo, hi);
   return rc;
 }
 
 namespace smisk::ipc::detail::robust {
+
+// ---- the deadlock detector -------------------------------------------------------------------
+//
+// libdb's deadlock detector (__lock_detect, run by a thread whose lock request conflicts) walks
+// every locker's list of locks holding the lock region's mutex, but not the mutexes of the lock
+// partitions. A process killed while it was linking or unlinking a lock there leaves those
+// lists half made, and the detector then follows a stale index or pointer out of its arrays:
+// the process running it dies of SIGSEGV (about once per thousand kills inside the lock manager
+// in the chaos test). The detector's calls go through libdb's PLT, so the same GOT patch wraps
+// them: a fault inside the detector (and only there: a thread-local flag says so) jumps back to
+// the wrapper, which panics the environment (DB_PANIC_ENVIRONMENT: every process recovers) and
+// returns DB_RUNRECOVERY (the library then declares the environment's memory broken in this
+// process and drops the detector's mutexes from the thread's robust list). Any other SIGSEGV or SIGBUS goes to the handler that was installed
+// before, or gets the default action.
+
+inline thread_local sigjmp_buf* detect_escape = nullptr;
+inline struct sigaction previous_segv {};
+inline struct sigaction previous_bus {};
+
+/// After a fault in the detector: every process must leave and recover the environment.
+inline void environment_faulted(ENV* env) noexcept {
+  // DB_ENV is the first member of libdb's ENV (dbinc/db_int.h: struct __env { DB_ENV *dbenv;).
+  DB_ENV* dbenv = env ? *reinterpret_cast<DB_ENV**>(env) : nullptr;
+  if (!dbenv) return;
+  (void)dbenv->set_flags(dbenv, DB_PANIC_ENVIRONMENT, 1);
+}
+
+}  // namespace smisk::ipc::detail::robust
+
+extern "C" inline void smisk_ipc_robust_on_fault(int sig, siginfo_t* info, void* context) noexcept {
+  namespace r = smisk::ipc::detail::robust;
+  if (sigjmp_buf* escape = r::detect_escape) {
+    r::detect_escape = nullptr;
+    ::siglongjmp(*escape, 1);
+  }
+  const struct sigaction& before = sig == SIGBUS ? r::previous_bus : r::previous_segv;
+  if ((before.sa_flags & SA_SIGINFO) != 0 && before.sa_sigaction) {
+    before.sa_sigaction(sig, info, context);
+    return;
+  }
+  if ((before.sa_flags & SA_SIGINFO) == 0 && before.sa_handler != SIG_DFL &&
+      before.sa_handler != SIG_IGN) {
+    before.sa_handler(sig);
+    return;
+  }
+  // Default action: restore it and return; the faulting instruction faults again.
+  struct sigaction dfl {};
+  dfl.sa_handler = SIG_DFL;
+  ::sigemptyset(&dfl.sa_mask);
+  (void)::sigaction(sig, &dfl, nullptr);
+}
+
+extern "C" inline int smisk_ipc_robust_lock_detect(ENV* env, u_int32_t atype,
+                                                   int* rejectp) noexcept {
+  namespace r = smisk::ipc::detail::robust;
+  r::lock_detect_fn real = r::real_lock_detect.load(std::memory_order_acquire);
+  sigjmp_buf escape;
+  // No signal mask saved (that would cost a system call per detector run): after a fault the
+  // handler's blocking of SIGSEGV and SIGBUS is undone here.
+  if (sigsetjmp(escape, 0) != 0) {
+    sigset_t faults;
+    ::sigemptyset(&faults);
+    ::sigaddset(&faults, SIGSEGV);
+    ::sigaddset(&faults, SIGBUS);
+    (void)::pthread_sigmask(SIG_UNBLOCK, &faults, nullptr);
+    r::count(r::event_counts.detector_faults);
+    r::environment_faulted(env);
+    return DB_RUNRECOVERY;
+  }
+  r::detect_escape = &escape;
+  int rc = real(env, atype, rejectp);
+  r::detect_escape = nullptr;
+  return rc;
+}
+
+namespace smisk::ipc::detail::robust {
+
+/// Installs the fault handler that smisk_ipc_robust_lock_detect relies on (once).
+inline bool install_fault_handler() noexcept {
+  struct sigaction sa {};
+  sa.sa_sigaction = &::smisk_ipc_robust_on_fault;
+  sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+  ::sigemptyset(&sa.sa_mask);
+  return ::sigaction(SIGSEGV, &sa, &previous_segv) == 0 &&
+         ::sigaction(SIGBUS, &sa, &previous_bus) == 0;
+}
 
 // ---- finding and patching libdb's GOT --------------------------------------------------------
 
@@ -696,6 +839,7 @@ inline bool do_install(char* message, std::size_t size) noexcept {
       {"pthread_rwlock_rdlock", address_of(&::smisk_ipc_robust_rwlock_rdlock), {}, 0, {}, false},
       {"pthread_rwlock_wrlock", address_of(&::smisk_ipc_robust_rwlock_wrlock), {}, 0, {}, false},
       {"munmap", address_of(&::smisk_ipc_robust_munmap), {}, 0, {}, false},
+      {"__lock_detect", address_of(&::smisk_ipc_robust_lock_detect), {}, 0, {}, false},
       // Last: mutexes become robust only once the functions above handle what that brings.
       {"pthread_mutexattr_setpshared",
        address_of(&::smisk_ipc_robust_mutexattr_setpshared),
@@ -757,6 +901,19 @@ inline bool do_install(char* message, std::size_t size) noexcept {
       adopt(real_setpshared, libdb, prev);
   }
 
+  // The detector's wrapper calls libdb's own __lock_detect (its lazily bound slot may still
+  // point into libdb's PLT, whose resolver would overwrite the patch), and needs the handler.
+  for (slot& s : slots) {
+    if (std::strcmp(s.symbol, "__lock_detect") != 0 || s.count == 0) continue;
+    void* handle = ::dlopen(libdb.name, RTLD_NOW | RTLD_NOLOAD);
+    void* real = handle ? ::dlsym(handle, "__lock_detect") : nullptr;
+    if (handle) ::dlclose(handle);
+    if (real && libdb.contains(address_of(real)) && install_fault_handler())
+      real_lock_detect.store(reinterpret_cast<lock_detect_fn>(real), std::memory_order_release);
+    else
+      s.count = 0;  // leave the detector as it is
+  }
+
   int patched = 0;
   for (int i = 0; i < nslots; ++i) {
     for (int k = 0; k < slots[i].count; ++k) {
@@ -814,6 +971,30 @@ inline std::uint64_t owner_died_count() noexcept {
 /// environment is still open, before closing it. libdb's munmap of a region clears the mark.
 /// Returns how many mappings it marked (0 also when install() did not succeed: waits are then
 /// not sliced and cannot be ended).
+/// Calls f(lo, hi) for each live mapping of the region files of the environment at `home`
+/// ("__db.*", not deleted: the regions of an environment that was recovered since are deleted
+/// files). For recording an environment's memory right after opening it.
+template <class F>
+inline void for_each_region(const char* home, F&& f) noexcept {
+  char real[PATH_MAX + 8];
+  if (!home || !::realpath(home, real)) return;
+  std::size_t n = std::strlen(real);
+  std::memcpy(real + n, "/__db.", 7);
+  n += 6;
+  for_each_mapping([&](std::uintptr_t lo, std::uintptr_t hi, const char* path) {
+    if (std::strncmp(path, real, n) != 0) return;
+    const std::size_t len = std::strlen(path);
+    if (len >= 10 && std::strcmp(path + len - 10, " (deleted)") == 0) return;
+    f(lo, hi);
+  });
+}
+
+/// Declares broken the memory [lo, hi) (a region of an environment known broken): waits there
+/// fail from now on, as after abort_waits().
+inline void abort_waits_in(std::uintptr_t lo, std::uintptr_t hi) noexcept {
+  if (installed_flag.load(std::memory_order_acquire)) mark_broken(lo, hi);
+}
+
 inline int abort_waits(const char* home) noexcept {
   if (!installed_flag.load(std::memory_order_acquire)) return 0;
   char real[PATH_MAX + 8];
