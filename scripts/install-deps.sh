@@ -13,6 +13,10 @@ packages=(
   libbenchmark-dev
   libmemcached-dev # the memcached backend (smisk::ipc_memcached)
   memcached        # the server its tests run on loopback
+  libfcgi-dev      # the FastCGI example (examples/fastcgi) is a libfcgi program
+  spawn-fcgi       # starts its prefork workers (demo, tests)
+  nginx-light      # the web server in front of them: a private instance on 127.0.0.1 (demo, tests)
+  curl             # the demo's and the tests' HTTP client
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then
