@@ -181,7 +181,7 @@ std::string persistence_name(const ::testing::TestParamInfo<bool>& info) {
   X(homes_removed)                \
   X(dead_mutex_owners)            \
   X(aborted_waits)                \
-  X(detector_faults)
+  X(libdb_faults)
 
 #define SMISK_CRASH_TEST_HAS_FIELD(field)                                           \
   template <class S, class = void>                                                  \
@@ -498,6 +498,9 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
   int kills_before_stall = 0;
   std::uniform_int_distribution<int> pause_ms(20, 100);
   std::uniform_int_distribution<int> pick(0, kChaosWorkers - 1);
+  const char* stacks_env = std::getenv("SMISK_TEST_STACKS");
+  const bool dump_stalls = stacks_env && std::string(stacks_env) == "1";
+  bool dumped[kChaosWorkers] = {};
   const auto end = std::chrono::steady_clock::now() + seconds(run_seconds);
   while (std::chrono::steady_clock::now() < end) {
     std::this_thread::sleep_for(milliseconds(pause_ms(rng)));
@@ -512,6 +515,18 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
         max_worker_stall = stall;
         max_stall_slot = slot;
       }
+      if (stall > 1'500'000'000 && dump_stalls && !dumped[slot]) {
+        // SMISK_TEST_STACKS=1: where a worker that stalls is waiting (a debugging aid; gdb
+        // pauses it a moment).
+        dumped[slot] = true;
+        std::fprintf(stderr, "[ chaos   ] slot %d stalled %.0f ms, %s:\n", slot, ms(stall),
+                     kChaosStageNames[sh->slots[slot].stage.load()]);
+        for (int other = 0; other < kChaosWorkers; ++other) {
+          std::fprintf(stderr, "[ chaos   ] slot %d (%s):\n", other,
+                       kChaosStageNames[sh->slots[other].stage.load()]);
+          smisk_test::dump_stacks(pids[other]);
+        }
+      }
       if (stall > kStallLimitNs && first_stall_ns < 0) {
         first_stall_ns = t - stall + kStallLimitNs - go_ns;
         kills_before_stall = kills;
@@ -523,6 +538,7 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
       kills_before_stall = kills;
     }
     const int victim = pick(rng);
+    dumped[victim] = false;
     const child_status st = kill_child(pids[victim]);
     if (!st.killed_by(SIGKILL)) {
       ++unexpected_ends;

@@ -374,8 +374,9 @@ inline void dump_stacks(pid_t pid) {
   if (!on || std::string(on) != "1") return;
   static bool self_done = false;
   auto run = [](pid_t p) {
-    std::string cmd = "gdb -p " + std::to_string(p) +
-                      " -batch -nx -ex 'thread apply all bt' 2>/dev/null | grep -E '^(#|Thread)' >&2";
+    std::string cmd =
+        "gdb -p " + std::to_string(p) +
+        " -batch -nx -ex 'thread apply all bt' 2>/dev/null | grep -E '^(#|Thread)' >&2";
     std::fprintf(stderr, "---- stacks of %d ----\n", static_cast<int>(p));
     std::fflush(stderr);
     if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "(gdb failed)\n");

@@ -40,7 +40,8 @@ struct statistics {
   std::uint64_t environments_abandoned;  ///< broken environments left open (threads stuck inside)
   std::uint64_t dead_mutex_owners;       ///< libdb mutexes found held by a dead process
   std::uint64_t aborted_waits;           ///< waits inside a broken environment made to fail
-  std::uint64_t detector_faults;  ///< deadlock-detector runs that faulted on a dead process's mess
+  std::uint64_t libdb_faults;  ///< libdb calls (deadlock detector, failchk) that faulted on a dead
+                               ///< process's half-made structures; each became a recovery
 };
 
 /// The counters of this process.
@@ -52,7 +53,7 @@ inline statistics stats() noexcept {
           s.homes_removed.load(),       s.recoveries.load(),
           s.failchk_errors.load(),      s.environments_abandoned.load(),
           r.owner_died.load(),          r.waits_failed.load(),
-          r.detector_faults.load()};
+          r.libdb_faults.load()};
 }
 
 /// Berkeley DB backend of shared_dict. One environment per home and process, one DB handle per
@@ -83,7 +84,8 @@ class backend {
       for (;;) {
         v.data = buffer.data();
         v.ulen = static_cast<u_int32_t>(buffer.size());
-        int r = d.handle()->get(d.handle(), nullptr, &k, &v, 0);
+        int r = detail::bdb::guarded(
+            d, [&] { return d.handle()->get(d.handle(), nullptr, &k, &v, 0); });
         if (r != DB_BUFFER_SMALL) return r;
         buffer.resize(v.size);
       }
@@ -96,7 +98,8 @@ class backend {
   bool exists(std::string_view key) const {
     DBT k = detail::bdb::make_dbt(key);
     return run("DB->exists", [&](detail::bdb::database& d) {
-             return d.handle()->exists(d.handle(), nullptr, &k, 0);
+             return detail::bdb::guarded(
+                 d, [&] { return d.handle()->exists(d.handle(), nullptr, &k, 0); });
            }) == 0;
   }
 
@@ -109,7 +112,8 @@ class backend {
   bool remove(std::string_view key) {
     DBT k = detail::bdb::make_dbt(key);
     return run("DB->del", [&](detail::bdb::database& d) {
-             int rc = d.handle()->del(d.handle(), nullptr, &k, 0);
+             int rc = detail::bdb::guarded(
+                 d, [&] { return d.handle()->del(d.handle(), nullptr, &k, 0); });
              if (rc == 0) d.env().note_write();
              return rc;
            }) == 0;
@@ -133,7 +137,7 @@ class backend {
       for (;;) {
         v.data = current_value.data();
         v.ulen = static_cast<u_int32_t>(current_value.size());
-        rc = db->get(db, txn.get(), &k, &v, DB_RMW);
+        rc = detail::bdb::guarded(d, [&] { return db->get(db, txn.get(), &k, &v, DB_RMW); });
         if (rc != DB_BUFFER_SMALL) break;
         current_value.resize(v.size);
       }
@@ -143,9 +147,9 @@ class backend {
       if (action == modify_action::keep) return txn.commit();
       if (action == modify_action::store) {
         DBT w = detail::bdb::make_dbt(out);
-        rc = db->put(db, txn.get(), &k, &w, 0);
+        rc = detail::bdb::guarded(d, [&] { return db->put(db, txn.get(), &k, &w, 0); });
       } else {
-        rc = db->del(db, txn.get(), &k, 0);
+        rc = detail::bdb::guarded(d, [&] { return db->del(db, txn.get(), &k, 0); });
       }
       if (rc != 0) return rc;
       rc = txn.commit();
@@ -156,8 +160,10 @@ class backend {
 
   void sync() {
     run("DB_ENV->log_flush", [&](detail::bdb::database& d) {
-      int rc = d.env().handle()->log_flush(d.env().handle(), nullptr);
-      return rc != 0 ? rc : d.handle()->sync(d.handle(), 0);
+      return detail::bdb::guarded(d, [&] {
+        int rc = d.env().handle()->log_flush(d.env().handle(), nullptr);
+        return rc != 0 ? rc : d.handle()->sync(d.handle(), 0);
+      });
     });
   }
 
@@ -192,7 +198,8 @@ class backend {
       detail::bdb::transaction txn(d.env().handle());
       if (txn.begin_error()) return txn.begin_error();
       u_int32_t removed = 0;
-      int rc = d.handle()->truncate(d.handle(), txn.get(), &removed, 0);
+      int rc = detail::bdb::guarded(
+          d, [&] { return d.handle()->truncate(d.handle(), txn.get(), &removed, 0); });
       if (rc == 0) rc = txn.commit();
       if (rc == 0) d.env().note_write();
       return rc;
@@ -285,19 +292,21 @@ class backend {
       restart();
       std::shared_lock<std::shared_mutex> no_truncate(d.cursor_mutex());
       DBC* cursor = nullptr;
-      int rc = d.handle()->cursor(d.handle(), nullptr, &cursor, DB_READ_COMMITTED);
+      int rc = detail::bdb::guarded(
+          d, [&] { return d.handle()->cursor(d.handle(), nullptr, &cursor, DB_READ_COMMITTED); });
       if (rc != 0) return rc;
       DBT k, v;
       std::memset(&k, 0, sizeof k);
       std::memset(&v, 0, sizeof v);
       k.flags = v.flags = dbt_flags;
-      while ((rc = cursor->get(cursor, &k, &v, DB_NEXT)) == 0)
+      while ((rc = detail::bdb::guarded(d, [&] { return cursor->get(cursor, &k, &v, DB_NEXT); })) ==
+             0)
         if (!on_record(k, v)) break;
       if (dbt_flags & DB_DBT_REALLOC) {
         std::free(k.data);
         std::free(v.data);
       }
-      int close_rc = cursor->close(cursor);
+      int close_rc = detail::bdb::guarded(d, [&] { return cursor->close(cursor); });
       if (rc == DB_NOTFOUND || rc == 0) rc = close_rc;
       return rc;
     });
@@ -307,7 +316,8 @@ class backend {
     DBT k = detail::bdb::make_dbt(key);
     DBT v = detail::bdb::make_dbt(value);
     return run(origin, [&](detail::bdb::database& d) {
-      int rc = d.handle()->put(d.handle(), nullptr, &k, &v, flags);
+      int rc = detail::bdb::guarded(
+          d, [&] { return d.handle()->put(d.handle(), nullptr, &k, &v, flags); });
       if (rc == 0) d.env().note_write();
       return rc;
     });

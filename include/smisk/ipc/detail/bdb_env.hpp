@@ -126,10 +126,15 @@ inline bool process_alive(pid_t pid) noexcept {
   return paren[2] != 'Z' && paren[2] != 'X';
 }
 
-/// is_alive for failchk: this process, or another one that is neither gone nor a zombie.
-extern "C" inline int is_alive(DB_ENV*, pid_t pid, db_threadid_t, u_int32_t) {
+inline void note_dead_thread(DB_ENV* env) noexcept;  // below
+
+/// is_alive for failchk: this process, or another one that is neither gone nor a zombie. A dead
+/// one is noted for the watchdog (see environment::watch).
+extern "C" inline int is_alive(DB_ENV* env, pid_t pid, db_threadid_t, u_int32_t) {
   if (pid == ::getpid()) return 1;
-  return process_alive(pid) ? 1 : 0;
+  if (process_alive(pid)) return 1;
+  note_dead_thread(env);
+  return 0;
 }
 
 /// Exponential backoff for deadlock and lock-conflict retries.
@@ -157,6 +162,9 @@ class backoff {
 constexpr std::chrono::milliseconds watch_interval{200};
 /// failchk runs at least every this many intervals (5 s), even when nothing seems stuck.
 constexpr int failchk_every_ticks = 25;
+/// An operation stuck this many intervals (1 s) while failchk meets a dead process but finds
+/// nothing to clean up: the environment is declared broken (see environment::watch).
+constexpr int stuck_panic_ticks = 5;
 
 inline bool is_retryable(int rc) noexcept {
   return rc == DB_LOCK_DEADLOCK || rc == DB_LOCK_NOTGRANTED;
@@ -393,7 +401,8 @@ struct checkpoint_state {
   bool final = false;     // with stopping: one last checkpoint (persistent homes)
   bool inside = false;    // the thread is inside DB_ENV->txn_checkpoint
   bool exited = false;
-  std::atomic<bool> broken{false};  // the environment's broken flag
+  std::atomic<bool> broken{false};     // the environment's broken flag
+  std::atomic<bool> dead_seen{false};  // failchk met a dead process's thread (is_alive said so)
   /// The address ranges of the environment's regions in this process, recorded at open.
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> regions;
 
@@ -404,6 +413,20 @@ struct checkpoint_state {
     robust::forget_broken_holds();
   }
 };
+
+inline void note_dead_thread(DB_ENV* env) noexcept {
+  if (auto* state = env ? static_cast<checkpoint_state*>(env->app_private) : nullptr)
+    state->dead_seen.store(true, std::memory_order_relaxed);
+}
+
+/// Blocks the asynchronous signals in the library's own threads, so that a signal sent to the
+/// process (SIGTERM, SIGHUP) reaches one of the application's threads.
+inline void block_signals_in_this_thread() noexcept {
+  sigset_t set;
+  ::sigfillset(&set);
+  for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT}) ::sigdelset(&set, sig);
+  (void)::pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
 
 /// One DB_ENV per home and process, shared by every dict of that home.
 class environment {
@@ -422,6 +445,7 @@ class environment {
     robust::install();
     int rc = ::db_env_create(&env_, 0);
     if (rc != 0) raise("db_env_create", rc);
+    env_->app_private = checkpoints_.get();  // for is_alive
     try {
       configure(o);
       // DB_REGISTER is not used: it recovers (and so panics every live process) whenever any
@@ -435,7 +459,7 @@ class environment {
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
       if (recover) stats().recoveries.fetch_add(1, std::memory_order_relaxed);
       if (!recover) {
-        rc = env_->failchk(env_, 0);
+        rc = robust::call_guarded(env_, [this] { return env_->failchk(env_, 0); });
         if (rc != 0) raise("DB_ENV->failchk", rc, lease_->home());
       }
     } catch (...) {
@@ -448,7 +472,10 @@ class environment {
     robust::for_each_region(home_.c_str(), [this](std::uintptr_t lo, std::uintptr_t hi) {
       checkpoints_->regions.emplace_back(lo, hi);
     });
-    watchdog_ = std::thread([this] { watch(); });
+    watchdog_ = std::thread([this] {
+      block_signals_in_this_thread();
+      watch();
+    });
     checkpointer_ = std::thread(&checkpoint_loop, checkpoints_, env_);
   }
 
@@ -580,6 +607,7 @@ class environment {
   /// whenever one is asked for, and a last full one at close for persistent homes. Never in a
   /// broken environment.
   static void checkpoint_loop(std::shared_ptr<checkpoint_state> state, DB_ENV* env) {
+    block_signals_in_this_thread();
     std::unique_lock<std::mutex> lock(state->mutex);
     for (;;) {
       state->cv.wait(lock, [&] { return state->stopping || state->wanted; });
@@ -589,7 +617,8 @@ class environment {
       if (run) {
         state->inside = true;
         lock.unlock();
-        const int rc = env->txn_checkpoint(env, last ? 0 : 1024, 0, 0);
+        const int rc = robust::call_guarded(
+            env, [&] { return env->txn_checkpoint(env, last ? 0 : 1024, 0, 0); });
         if (rc == 0) stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
         if (rc == DB_RUNRECOVERY) {
           state->broken.store(true);
@@ -624,6 +653,7 @@ class environment {
   void watch() {
     std::uint64_t last_completed = 0;
     int idle_ticks = 0;
+    int stuck_ticks = 0;
     std::unique_lock<std::mutex> lock(watch_mutex_);
     while (!watch_cv_.wait_for(lock, watch_interval, [this] { return stopping_; })) {
       if (broken()) continue;  // recover() takes it from here
@@ -635,9 +665,20 @@ class environment {
       std::uint64_t done = completed_.load(std::memory_order_relaxed);
       bool stuck = inflight_.load(std::memory_order_relaxed) > 0 && done == last_completed;
       last_completed = done;
+      stuck_ticks = stuck ? stuck_ticks + 1 : 0;
+      if (!stuck) checkpoints_->dead_seen.store(false, std::memory_order_relaxed);
       if (!stuck && ++idle_ticks < failchk_every_ticks) continue;
       idle_ticks = 0;
-      int rc = env_->failchk(env_, 0);
+      int rc = robust::call_guarded(env_, [this] { return env_->failchk(env_, 0); });
+      if (rc == 0 && stuck_ticks >= stuck_panic_ticks &&
+          checkpoints_->dead_seen.load(std::memory_order_relaxed)) {
+        // Still stuck, and failchk met a dead process but found nothing to do: it treats a
+        // process that died while blocked on a lock as harmless, yet that process may have held
+        // a page latch (a shared latch, which cannot be robust) that everyone now waits for.
+        // Panic the environment: every process recovers.
+        env_->set_flags(env_, DB_PANIC_ENVIRONMENT, 1);
+        rc = DB_RUNRECOVERY;
+      }
       if (rc == 0) continue;
       stats().failchk_errors.fetch_add(1, std::memory_order_relaxed);
       if (rc == DB_RUNRECOVERY) {
@@ -671,8 +712,8 @@ class environment {
 /// succeeds, so the handle is dropped before the call.
 class transaction {
  public:
-  explicit transaction(DB_ENV* env) {
-    int rc = env->txn_begin(env, nullptr, &txn_, 0);
+  explicit transaction(DB_ENV* env) : env_(env) {
+    int rc = robust::call_guarded(env_, [&] { return env_->txn_begin(env_, nullptr, &txn_, 0); });
     if (rc != 0) {
       txn_ = nullptr;
       rc_ = rc;
@@ -681,17 +722,18 @@ class transaction {
   transaction(const transaction&) = delete;
   transaction& operator=(const transaction&) = delete;
   ~transaction() {
-    if (txn_) txn_->abort(txn_);
+    if (DB_TXN* t = txn_) robust::call_guarded(env_, [t] { return t->abort(t); });
   }
   [[nodiscard]] int begin_error() const noexcept { return rc_; }
   [[nodiscard]] DB_TXN* get() const noexcept { return txn_; }
   int commit() noexcept {
     DB_TXN* t = txn_;
     txn_ = nullptr;
-    return t->commit(t, 0);
+    return robust::call_guarded(env_, [t] { return t->commit(t, 0); });
   }
 
  private:
+  DB_ENV* env_;
   DB_TXN* txn_ = nullptr;
   int rc_ = 0;
 };
@@ -744,7 +786,12 @@ class database {
   void shutdown() noexcept {
     std::lock_guard<std::mutex> lock(shutdown_mutex_);
     if (closed_.exchange(true)) return;
-    if (generation_ == fork_generation()) db_->close(db_, 0);
+    if (generation_ != fork_generation()) return;
+    // Closing flushes pages and can wait for a page latch of a dead process: an operation for
+    // the watchdog, unless the environment is already broken (its waits fail then).
+    const bool entered = env_->enter();
+    robust::call_guarded(env_->handle(), [this] { return db_->close(db_, 0); });
+    if (entered) env_->leave();
   }
   [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_relaxed); }
 
@@ -781,7 +828,7 @@ class database {
       DBT v;
       std::memset(&v, 0, sizeof v);
       v.flags = DB_DBT_MALLOC;
-      rc = meta->get(meta, txn.get(), &k, &v, DB_RMW);
+      rc = robust::call_guarded(e, [&] { return meta->get(meta, txn.get(), &k, &v, DB_RMW); });
       if (rc == 0) {
         std::string stored(static_cast<const char*>(v.data), v.size);
         std::free(v.data);
@@ -793,7 +840,7 @@ class database {
       if (is_retryable(rc)) continue;
       if (rc != DB_NOTFOUND) raise("DB->get", rc, "meta");
       DBT w = make_dbt(wanted);
-      rc = meta->put(meta, txn.get(), &k, &w, 0);
+      rc = robust::call_guarded(e, [&] { return meta->put(meta, txn.get(), &k, &w, 0); });
       if (rc == 0) rc = txn.commit();
       if (rc == 0) return;
       if (!is_retryable(rc)) raise("DB->put", rc, "meta");
@@ -808,6 +855,14 @@ class database {
   std::mutex shutdown_mutex_;
   std::atomic<bool> closed_{false};
 };
+
+/// Runs one libdb call on the database's environment under the fault guard (see
+/// robust::call_guarded): a fault on structures a dead process left half made panics the
+/// environment and returns DB_RUNRECOVERY, which the caller handles as any other.
+template <class F>
+inline int guarded(const database& d, F&& f) noexcept {
+  return robust::call_guarded(d.env().handle(), std::forward<F>(f));
+}
 
 /// Resolved location of a dict.
 struct location {

@@ -32,7 +32,10 @@
 //                                 (below), since a panicked environment wakes nobody: a thread
 //                                 blocked on a logical lock (condition variable) or a page latch
 //                                 (rwlock) whose holder died would stay blocked for ever;
-//   munmap                        forgets the broken ranges libdb unmaps.
+//   munmap                        forgets the broken ranges libdb unmaps, and first drops from
+//                                 the calling thread's robust list what it holds there;
+//   __lock_detect                 (libdb's own deadlock detector, called through its PLT) runs
+//                                 under a fault guard: see "the deadlock detector" below.
 //
 // "Broken" memory: the mapping (a region file, __db.00N) that holds a mutex found EOWNERDEAD or
 // ENOTRECOVERABLE, or that libdb relocked while holding it (EDEADLK: after a failure its error
@@ -77,11 +80,11 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <link.h>
+#include <linux/futex.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdlib.h>
-#include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -130,7 +133,7 @@ struct counters {
   std::atomic<std::uint64_t> robust_inits{0};     // mutex attributes made robust
   std::atomic<std::uint64_t> destroy_errors{0};   // pthread_mutex_destroy failures hidden
   std::atomic<std::uint64_t> cond_destroys{0};    // pthread_cond_destroy calls not waited for
-  std::atomic<std::uint64_t> detector_faults{0};  // deadlock detector runs ended by a fault
+  std::atomic<std::uint64_t> libdb_faults{0};     // guarded libdb calls that ended by a fault
 };
 inline counters event_counts;
 
@@ -462,8 +465,8 @@ namespace smisk::ipc::detail::robust {
 // them: a fault inside the detector (and only there: a thread-local flag says so) jumps back to
 // the wrapper, which panics the environment (DB_PANIC_ENVIRONMENT: every process recovers) and
 // returns DB_RUNRECOVERY (the library then declares the environment's memory broken in this
-// process and drops the detector's mutexes from the thread's robust list). Any other SIGSEGV or SIGBUS goes to the handler that was installed
-// before, or gets the default action.
+// process and drops the detector's mutexes from the thread's robust list). Any other SIGSEGV or
+// SIGBUS goes to the handler that was installed before, or gets the default action.
 
 inline thread_local sigjmp_buf* detect_escape = nullptr;
 inline struct sigaction previous_segv {};
@@ -515,26 +518,57 @@ extern "C" inline int smisk_ipc_robust_lock_detect(ENV* env, u_int32_t atype,
     ::sigaddset(&faults, SIGSEGV);
     ::sigaddset(&faults, SIGBUS);
     (void)::pthread_sigmask(SIG_UNBLOCK, &faults, nullptr);
-    r::count(r::event_counts.detector_faults);
+    r::count(r::event_counts.libdb_faults);
     r::environment_faulted(env);
     return DB_RUNRECOVERY;
   }
+  sigjmp_buf* const outer = r::detect_escape;
   r::detect_escape = &escape;
   int rc = real(env, atype, rejectp);
-  r::detect_escape = nullptr;
+  r::detect_escape = outer;
   return rc;
 }
 
 namespace smisk::ipc::detail::robust {
 
+inline std::atomic<bool> fault_handler_installed{false};
+
+/// Runs f() (a libdb call on `dbenv`, such as failchk, that walks structures a dead process may
+/// have left half made) so that a fault inside it panics the environment and returns
+/// DB_RUNRECOVERY, as for the deadlock detector.
+template <class F>
+inline int call_guarded(DB_ENV* dbenv, F&& f) noexcept {
+  if (!fault_handler_installed.load(std::memory_order_acquire)) return f();
+  sigjmp_buf escape;
+  sigjmp_buf* const outer = detect_escape;
+  if (sigsetjmp(escape, 0) != 0) {
+    sigset_t faults;
+    ::sigemptyset(&faults);
+    ::sigaddset(&faults, SIGSEGV);
+    ::sigaddset(&faults, SIGBUS);
+    (void)::pthread_sigmask(SIG_UNBLOCK, &faults, nullptr);
+    detect_escape = outer;
+    count(event_counts.libdb_faults);
+    (void)dbenv->set_flags(dbenv, DB_PANIC_ENVIRONMENT, 1);
+    return DB_RUNRECOVERY;
+  }
+  detect_escape = &escape;
+  int rc = f();
+  detect_escape = outer;
+  return rc;
+}
+
 /// Installs the fault handler that smisk_ipc_robust_lock_detect relies on (once).
 inline bool install_fault_handler() noexcept {
+  if (fault_handler_installed.load(std::memory_order_acquire)) return true;
   struct sigaction sa {};
   sa.sa_sigaction = &::smisk_ipc_robust_on_fault;
   sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
   ::sigemptyset(&sa.sa_mask);
-  return ::sigaction(SIGSEGV, &sa, &previous_segv) == 0 &&
-         ::sigaction(SIGBUS, &sa, &previous_bus) == 0;
+  const bool ok = ::sigaction(SIGSEGV, &sa, &previous_segv) == 0 &&
+                  ::sigaction(SIGBUS, &sa, &previous_bus) == 0;
+  fault_handler_installed.store(ok, std::memory_order_release);
+  return ok;
 }
 
 // ---- finding and patching libdb's GOT --------------------------------------------------------
