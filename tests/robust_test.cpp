@@ -100,11 +100,31 @@ TEST(robust, forget_broken_holds_keeps_mutexes_elsewhere) {
   EXPECT_TRUE(st.ok()) << st.describe();
 }
 
-TEST(robust, install_wraps_the_deadlock_detector) {
+TEST(robust, a_held_mutex_whose_memory_was_wiped_is_cut_from_the_list) {
+  // A mutex the thread holds is zeroed under it (seen when libdb faults in a broken
+  // environment): forget_broken_holds ends the list before it instead of following null.
+  const child_status st = smisk_test::run_child([] {
+    ASSERT_TRUE(robust::install()) << robust::status();
+    shared_mutex_page wiped, kept;
+    ASSERT_EQ(::pthread_mutex_lock(wiped.mutex), 0);
+    ASSERT_EQ(::pthread_mutex_lock(kept.mutex), 0);  // listed first (glibc links at the head)
+    std::memset(static_cast<void*>(wiped.mutex), 0, sizeof(pthread_mutex_t));
+    robust::abort_waits_in(wiped.lo(), wiped.hi());
+    EXPECT_EQ(robust::forget_broken_holds(), 1);
+    EXPECT_EQ(::pthread_mutex_unlock(kept.mutex), 0);
+    EXPECT_EQ(::pthread_mutex_lock(kept.mutex), 0);
+    EXPECT_EQ(::pthread_mutex_unlock(kept.mutex), 0);
+  });
+  EXPECT_TRUE(st.ok()) << st.describe();
+}
+
+TEST(robust, install_wraps_the_deadlock_detector_and_the_polling_sleep) {
   const child_status st = smisk_test::run_child([] {
     ASSERT_TRUE(robust::install()) << robust::status();
     EXPECT_NE(robust::real_lock_detect.load(), nullptr)
         << "libdb's __lock_detect was not wrapped: " << robust::status();
+    EXPECT_NE(robust::real_os_yield.load(), nullptr)
+        << "libdb's __os_yield was not wrapped: " << robust::status();
   });
   EXPECT_TRUE(st.ok()) << st.describe();
 }

@@ -159,10 +159,10 @@ class backoff {
 };
 
 /// How often each process checks for dead processes that hold locks.
-constexpr std::chrono::milliseconds watch_interval{200};
+constexpr std::chrono::milliseconds watch_interval{100};
 /// failchk runs at least every this many intervals (5 s), even when nothing seems stuck.
-constexpr int failchk_every_ticks = 25;
-/// An operation stuck this many intervals (1 s) while failchk meets a dead process but finds
+constexpr int failchk_every_ticks = 50;
+/// An operation stuck this many intervals (0.5 s) while failchk meets a dead process but finds
 /// nothing to clean up: the environment is declared broken (see environment::watch).
 constexpr int stuck_panic_ticks = 5;
 
@@ -419,6 +419,12 @@ inline void note_dead_thread(DB_ENV* env) noexcept {
     state->dead_seen.store(true, std::memory_order_relaxed);
 }
 
+/// For robust.hpp's __os_yield hook: whether this process knows the environment broken.
+inline bool environment_known_broken(DB_ENV* env) noexcept {
+  auto* state = env ? static_cast<checkpoint_state*>(env->app_private) : nullptr;
+  return state && state->broken.load(std::memory_order_relaxed);
+}
+
 /// Blocks the asynchronous signals in the library's own threads, so that a signal sent to the
 /// process (SIGTERM, SIGHUP) reaches one of the application's threads.
 inline void block_signals_in_this_thread() noexcept {
@@ -443,6 +449,7 @@ class environment {
     // Before the first environment: libdb's process-shared mutexes become robust, so that a
     // process killed while holding one makes the others fail (and recover) instead of hang.
     robust::install();
+    robust::broken_check.store(&environment_known_broken, std::memory_order_release);
     int rc = ::db_env_create(&env_, 0);
     if (rc != 0) raise("db_env_create", rc);
     env_->app_private = checkpoints_.get();  // for is_alive
@@ -507,7 +514,8 @@ class environment {
         stats().environments_abandoned.fetch_add(1, std::memory_order_relaxed);
       } else {
         checkpointer_.join();
-        env_->close(env_, 0);
+        DB_ENV* e = env_;
+        robust::call_guarded(e, [e] { return e->close(e, 0); });
       }
     } else {
       // The parent's threads do not exist in this process, and their mutexes may be held by
@@ -809,7 +817,8 @@ class database {
     DB* meta = nullptr;
     int rc = ::db_create(&meta, e, 0);
     if (rc != 0) raise("db_create", rc);
-    std::unique_ptr<DB, void (*)(DB*)> guard(meta, [](DB* d) { d->close(d, 0); });
+    std::unique_ptr<DB, void (*)(DB*)> guard(
+        meta, [](DB* d) { robust::call_guarded(d->dbenv, [d] { return d->close(d, 0); }); });
     rc = meta->open(meta, nullptr, name.c_str(), "meta", DB_BTREE,
                     DB_CREATE | DB_THREAD | DB_AUTO_COMMIT, static_cast<int>(mode));
     if (rc != 0) {

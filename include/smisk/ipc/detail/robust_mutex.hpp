@@ -27,7 +27,7 @@
 //                                 __mutex_refresh, when failchk frees a dead locker's waiting
 //                                 lock, would hang). libdb reinitialises the memory next;
 //   pthread_cond_wait/_timedwait, pthread_rwlock_rdlock/_wrlock, and pthread_mutex_lock when it
-//                                 has to wait: wait in slices of 200 ms and fail with
+//                                 has to wait: wait in slices of 100 ms and fail with
 //                                 ENOTRECOVERABLE once the memory they wait in is known broken
 //                                 (below), since a panicked environment wakes nobody: a thread
 //                                 blocked on a logical lock (condition variable) or a page latch
@@ -42,7 +42,7 @@
 // paths return with mutexes held, its MUTEX_LOCK macro returns DB_RUNRECOVERY at once, and
 // lock them again during the cleanup), plus whatever abort_waits(home) declares; the library
 // calls it when failchk reports DB_RUNRECOVERY, since the panic may have come from another
-// process. A wait in broken memory fails at once (and one already blocked, within 200 ms); libdb
+// process. A wait in broken memory fails at once (and one already blocked, within 100 ms); libdb
 // then returns DB_RUNRECOVERY to the caller, which can leave the environment and recover it.
 //
 // Limits:
@@ -68,7 +68,7 @@
 //      environment's constructor; it is idempotent and cheap after the first call);
 //   2. the per-process watchdog that runs DB_ENV->failchk: on DB_RUNRECOVERY, call
 //      abort_waits(home), and again at every interval while the broken handle is open;
-//   3. calls then return DB_RUNRECOVERY (within ~200 ms for blocked ones); once no thread is
+//   3. calls then return DB_RUNRECOVERY (within ~100 ms for blocked ones); once no thread is
 //      inside the handle, close it and reopen with DB_RECOVER when no other process uses the home.
 //
 // API: install(), status(), owner_died_count(), abort_waits(home); counters in event_counts.
@@ -108,6 +108,9 @@ using rwlock_fn = int (*)(pthread_rwlock_t*);
 using rwlock_timed_fn = int (*)(pthread_rwlock_t*, const struct timespec*);
 using munmap_fn = int (*)(void*, std::size_t);
 using lock_detect_fn = int (*)(ENV*, u_int32_t, int*);
+using os_yield_fn = void (*)(ENV*, u_long, u_long);
+/// Set by the library: whether the environment (a DB_ENV) is known broken in this process.
+using broken_check_fn = bool (*)(DB_ENV*) noexcept;
 
 /// What the replacements call: the function libdb's slot pointed to when it was already
 /// resolved, else (lazy binding: the slot still points to libdb's own PLT stub, which would
@@ -123,6 +126,8 @@ inline std::atomic<rwlock_timed_fn> real_timedrdlock{&::pthread_rwlock_timedrdlo
 inline std::atomic<rwlock_timed_fn> real_timedwrlock{&::pthread_rwlock_timedwrlock};
 inline std::atomic<munmap_fn> real_munmap{&::munmap};
 inline std::atomic<lock_detect_fn> real_lock_detect{nullptr};  // libdb's own, found with dlsym
+inline std::atomic<os_yield_fn> real_os_yield{nullptr};        // likewise
+inline std::atomic<broken_check_fn> broken_check{nullptr};
 
 /// Counters, per process.
 struct counters {
@@ -143,7 +148,7 @@ inline void count(std::atomic<std::uint64_t>& c) noexcept {
 
 // ---- broken memory ---------------------------------------------------------------------------
 
-inline constexpr long wait_slice_ns = 200L * 1000 * 1000;
+inline constexpr long wait_slice_ns = 100L * 1000 * 1000;
 
 struct broken_range {
   std::uintptr_t lo = 0, hi = 0;  // hi == 0: unused
@@ -213,19 +218,26 @@ inline int forget_holds(Drop&& drop) noexcept {
   constexpr std::uintptr_t flag = 1;  // glibc marks PI mutexes in the low bit
   const auto end = reinterpret_cast<std::uintptr_t>(&head->list);
   int dropped = 0;
-  std::uintptr_t cur = reinterpret_cast<std::uintptr_t>(head->list.next) & ~flag;
+  // `prev`: the __next field (or the head's list field) that points to `cur`.
+  auto** prev = reinterpret_cast<void**>(&head->list.next);
+  std::uintptr_t cur = reinterpret_cast<std::uintptr_t>(*prev) & ~flag;
   for (int guard = 0; cur != end && cur != 0 && guard < 4096; ++guard) {
     auto** next_field = reinterpret_cast<void**>(cur);  // the entry's __next
-    auto** prev_field = next_field - 1;                 // the entry's __prev
     const std::uintptr_t next = reinterpret_cast<std::uintptr_t>(*next_field) & ~flag;
-    if (drop(reinterpret_cast<const void*>(cur))) {
-      // glibc's DEQUEUE_MUTEX: next->__prev = entry->__prev; prev->__next = entry->__next.
-      auto** next_prev = reinterpret_cast<void**>(next) - 1;
-      auto** prev_next =
-          reinterpret_cast<void**>(reinterpret_cast<std::uintptr_t>(*prev_field) & ~flag);
-      *next_prev = *prev_field;
-      *prev_next = *next_field;
+    if (next == 0) {
+      // The entry's memory was wiped under the thread (a fault in libdb then ended the call):
+      // nothing after it can be reached; end the list before it.
+      *prev = reinterpret_cast<void*>(end);
       ++dropped;
+      break;
+    }
+    if (drop(reinterpret_cast<const void*>(cur))) {
+      // glibc's DEQUEUE_MUTEX: next->__prev = the predecessor; predecessor->__next = next.
+      *(reinterpret_cast<void**>(next) - 1) = reinterpret_cast<void*>(prev);
+      *prev = *next_field;
+      ++dropped;
+    } else {
+      prev = next_field;
     }
     cur = next;
   }
@@ -469,6 +481,9 @@ namespace smisk::ipc::detail::robust {
 // SIGBUS goes to the handler that was installed before, or gets the default action.
 
 inline thread_local sigjmp_buf* detect_escape = nullptr;
+/// Why the last escape to a guard happened: a fault, or a wait that could never end.
+enum class escape_reason { fault, endless_wait };
+inline thread_local escape_reason last_escape = escape_reason::fault;
 inline struct sigaction previous_segv {};
 inline struct sigaction previous_bus {};
 
@@ -486,6 +501,7 @@ extern "C" inline void smisk_ipc_robust_on_fault(int sig, siginfo_t* info, void*
   namespace r = smisk::ipc::detail::robust;
   if (sigjmp_buf* escape = r::detect_escape) {
     r::detect_escape = nullptr;
+    r::last_escape = r::escape_reason::fault;
     ::siglongjmp(*escape, 1);
   }
   const struct sigaction& before = sig == SIGBUS ? r::previous_bus : r::previous_segv;
@@ -518,7 +534,8 @@ extern "C" inline int smisk_ipc_robust_lock_detect(ENV* env, u_int32_t atype,
     ::sigaddset(&faults, SIGSEGV);
     ::sigaddset(&faults, SIGBUS);
     (void)::pthread_sigmask(SIG_UNBLOCK, &faults, nullptr);
-    r::count(r::event_counts.libdb_faults);
+    r::count(r::last_escape == r::escape_reason::fault ? r::event_counts.libdb_faults
+                                                       : r::event_counts.waits_failed);
     r::environment_faulted(env);
     return DB_RUNRECOVERY;
   }
@@ -527,6 +544,27 @@ extern "C" inline int smisk_ipc_robust_lock_detect(ENV* env, u_int32_t atype,
   int rc = real(env, atype, rejectp);
   r::detect_escape = outer;
   return rc;
+}
+
+/// libdb polls in some places instead of waiting on a mutex: a checkpoint or a DB->close
+/// flushing pages loops, sleeping a second at a time, until a page latched by another process is
+/// free, and never looks at the panic flag, so a latch of a dead process keeps it there for ever.
+/// Every such loop sleeps in __os_yield (through libdb's PLT): inside a guarded call, once the
+/// library knows the environment broken, the sleep ends the call instead (DB_RUNRECOVERY).
+extern "C" inline void smisk_ipc_robust_os_yield(ENV* env, u_long secs, u_long usecs) noexcept {
+  namespace r = smisk::ipc::detail::robust;
+  auto endless = [env] {
+    r::broken_check_fn check = r::broken_check.load(std::memory_order_acquire);
+    DB_ENV* dbenv = env ? *reinterpret_cast<DB_ENV**>(env) : nullptr;
+    return r::detect_escape && check && dbenv && check(dbenv);
+  };
+  if (!endless()) r::real_os_yield.load(std::memory_order_acquire)(env, secs, usecs);
+  if (endless()) {
+    sigjmp_buf* escape = r::detect_escape;
+    r::detect_escape = nullptr;
+    r::last_escape = r::escape_reason::endless_wait;
+    ::siglongjmp(*escape, 1);
+  }
 }
 
 namespace smisk::ipc::detail::robust {
@@ -548,7 +586,8 @@ inline int call_guarded(DB_ENV* dbenv, F&& f) noexcept {
     ::sigaddset(&faults, SIGBUS);
     (void)::pthread_sigmask(SIG_UNBLOCK, &faults, nullptr);
     detect_escape = outer;
-    count(event_counts.libdb_faults);
+    count(last_escape == escape_reason::fault ? event_counts.libdb_faults
+                                              : event_counts.waits_failed);
     (void)dbenv->set_flags(dbenv, DB_PANIC_ENVIRONMENT, 1);
     return DB_RUNRECOVERY;
   }
@@ -874,6 +913,7 @@ inline bool do_install(char* message, std::size_t size) noexcept {
       {"pthread_rwlock_wrlock", address_of(&::smisk_ipc_robust_rwlock_wrlock), {}, 0, {}, false},
       {"munmap", address_of(&::smisk_ipc_robust_munmap), {}, 0, {}, false},
       {"__lock_detect", address_of(&::smisk_ipc_robust_lock_detect), {}, 0, {}, false},
+      {"__os_yield", address_of(&::smisk_ipc_robust_os_yield), {}, 0, {}, false},
       // Last: mutexes become robust only once the functions above handle what that brings.
       {"pthread_mutexattr_setpshared",
        address_of(&::smisk_ipc_robust_mutexattr_setpshared),
@@ -938,14 +978,19 @@ inline bool do_install(char* message, std::size_t size) noexcept {
   // The detector's wrapper calls libdb's own __lock_detect (its lazily bound slot may still
   // point into libdb's PLT, whose resolver would overwrite the patch), and needs the handler.
   for (slot& s : slots) {
-    if (std::strcmp(s.symbol, "__lock_detect") != 0 || s.count == 0) continue;
+    const bool detect = std::strcmp(s.symbol, "__lock_detect") == 0;
+    const bool yield = std::strcmp(s.symbol, "__os_yield") == 0;
+    if ((!detect && !yield) || s.count == 0) continue;
     void* handle = ::dlopen(libdb.name, RTLD_NOW | RTLD_NOLOAD);
-    void* real = handle ? ::dlsym(handle, "__lock_detect") : nullptr;
+    void* real = handle ? ::dlsym(handle, s.symbol) : nullptr;
     if (handle) ::dlclose(handle);
-    if (real && libdb.contains(address_of(real)) && install_fault_handler())
+    if (!real || !libdb.contains(address_of(real)) || !install_fault_handler()) {
+      s.count = 0;  // leave libdb's own
+    } else if (detect) {
       real_lock_detect.store(reinterpret_cast<lock_detect_fn>(real), std::memory_order_release);
-    else
-      s.count = 0;  // leave the detector as it is
+    } else {
+      real_os_yield.store(reinterpret_cast<os_yield_fn>(real), std::memory_order_release);
+    }
   }
 
   int patched = 0;
@@ -999,7 +1044,7 @@ inline std::uint64_t owner_died_count() noexcept {
 
 /// Declares broken the environment at `home` (the mappings of its region files, "__db.*", in
 /// this process): every wait that a thread of this process makes inside libdb on memory there
-/// (mutex, logical lock, page latch) fails from now on, and one already blocked within 200 ms,
+/// (mutex, logical lock, page latch) fails from now on, and one already blocked within 100 ms,
 /// so that libdb returns DB_RUNRECOVERY. For the library's watchdog when failchk returns
 /// DB_RUNRECOVERY (the panic may have come from another process); call it while the broken
 /// environment is still open, before closing it. libdb's munmap of a region clears the mark.
