@@ -487,14 +487,6 @@ inline thread_local escape_reason last_escape = escape_reason::fault;
 inline struct sigaction previous_segv {};
 inline struct sigaction previous_bus {};
 
-/// After a fault in the detector: every process must leave and recover the environment.
-inline void environment_faulted(ENV* env) noexcept {
-  // DB_ENV is the first member of libdb's ENV (dbinc/db_int.h: struct __env { DB_ENV *dbenv;).
-  DB_ENV* dbenv = env ? *reinterpret_cast<DB_ENV**>(env) : nullptr;
-  if (!dbenv) return;
-  (void)dbenv->set_flags(dbenv, DB_PANIC_ENVIRONMENT, 1);
-}
-
 }  // namespace smisk::ipc::detail::robust
 
 extern "C" inline void smisk_ipc_robust_on_fault(int sig, siginfo_t* info, void* context) noexcept {
@@ -519,31 +511,6 @@ extern "C" inline void smisk_ipc_robust_on_fault(int sig, siginfo_t* info, void*
   dfl.sa_handler = SIG_DFL;
   ::sigemptyset(&dfl.sa_mask);
   (void)::sigaction(sig, &dfl, nullptr);
-}
-
-extern "C" inline int smisk_ipc_robust_lock_detect(ENV* env, u_int32_t atype,
-                                                   int* rejectp) noexcept {
-  namespace r = smisk::ipc::detail::robust;
-  r::lock_detect_fn real = r::real_lock_detect.load(std::memory_order_acquire);
-  sigjmp_buf escape;
-  // No signal mask saved (that would cost a system call per detector run): after a fault the
-  // handler's blocking of SIGSEGV and SIGBUS is undone here.
-  if (sigsetjmp(escape, 0) != 0) {
-    sigset_t faults;
-    ::sigemptyset(&faults);
-    ::sigaddset(&faults, SIGSEGV);
-    ::sigaddset(&faults, SIGBUS);
-    (void)::pthread_sigmask(SIG_UNBLOCK, &faults, nullptr);
-    r::count(r::last_escape == r::escape_reason::fault ? r::event_counts.libdb_faults
-                                                       : r::event_counts.waits_failed);
-    r::environment_faulted(env);
-    return DB_RUNRECOVERY;
-  }
-  sigjmp_buf* const outer = r::detect_escape;
-  r::detect_escape = &escape;
-  int rc = real(env, atype, rejectp);
-  r::detect_escape = outer;
-  return rc;
 }
 
 /// libdb polls in some places instead of waiting on a mutex: a checkpoint or a DB->close
@@ -609,6 +576,20 @@ inline bool install_fault_handler() noexcept {
   fault_handler_installed.store(ok, std::memory_order_release);
   return ok;
 }
+
+}  // namespace smisk::ipc::detail::robust
+
+extern "C" inline int smisk_ipc_robust_lock_detect(ENV* env, u_int32_t atype,
+                                                   int* rejectp) noexcept {
+  namespace r = smisk::ipc::detail::robust;
+  r::lock_detect_fn real = r::real_lock_detect.load(std::memory_order_acquire);
+  // DB_ENV is the first member of libdb's ENV (dbinc/db_int.h: struct __env { DB_ENV *dbenv;).
+  DB_ENV* dbenv = env ? *reinterpret_cast<DB_ENV**>(env) : nullptr;
+  if (!dbenv) return real(env, atype, rejectp);
+  return r::call_guarded(dbenv, [&] { return real(env, atype, rejectp); });
+}
+
+namespace smisk::ipc::detail::robust {
 
 // ---- finding and patching libdb's GOT --------------------------------------------------------
 
