@@ -483,7 +483,6 @@ class environment {
       block_signals_in_this_thread();
       watch();
     });
-    checkpointer_ = std::thread(&checkpoint_loop, checkpoints_, env_);
   }
 
   environment(const environment&) = delete;
@@ -510,10 +509,10 @@ class environment {
       watchdog_.join();
       abandon = !stop_checkpoints();
       if (abandon) {
-        checkpointer_.detach();
+        if (checkpointer_.joinable()) checkpointer_.detach();
         stats().environments_abandoned.fetch_add(1, std::memory_order_relaxed);
       } else {
-        checkpointer_.join();
+        if (checkpointer_.joinable()) checkpointer_.join();
         DB_ENV* e = env_;
         robust::call_guarded(e, [e] { return e->close(e, 0); });
       }
@@ -521,7 +520,7 @@ class environment {
       // The parent's threads do not exist in this process, and their mutexes may be held by
       // them for ever: touch nothing.
       watchdog_.detach();
-      checkpointer_.detach();
+      if (checkpointer_.joinable()) checkpointer_.detach();
     }
     lease_.reset();  // the last process out of a temporary home removes it
     env_ = nullptr;
@@ -578,6 +577,7 @@ class environment {
       {
         std::lock_guard<std::mutex> lock(checkpoints_->mutex);
         checkpoints_->wanted = true;
+        start_checkpointer_locked();
       }
       checkpoints_->cv.notify_one();
     }
@@ -643,12 +643,28 @@ class environment {
     }
   }
 
+  /// The checkpoint thread starts with the first checkpoint asked for (a process that writes
+  /// little never has one); called with checkpoints_->mutex held.
+  void start_checkpointer_locked() noexcept {
+    if (checkpointer_.joinable()) return;
+    try {
+      checkpointer_ = std::thread(&checkpoint_loop, checkpoints_, env_);
+    } catch (...) {
+      // No thread: no background checkpoints (logs are kept until one succeeds).
+    }
+  }
+
   /// Ends the checkpoint thread (after a last checkpoint of a persistent home). @returns false
   /// if it is stuck inside a checkpoint: for 100 ms in a broken environment, else for 3 s.
   bool stop_checkpoints() noexcept {
     std::unique_lock<std::mutex> lock(checkpoints_->mutex);
     checkpoints_->stopping = true;
     checkpoints_->final = lease_->persistent();
+    if (!checkpointer_.joinable()) {
+      if (!checkpoints_->final || broken()) return true;  // no thread, and nothing left to do
+      start_checkpointer_locked();                        // for the last checkpoint
+      if (!checkpointer_.joinable()) return true;
+    }
     checkpoints_->cv.notify_all();
     const auto deadline = std::chrono::steady_clock::now() +
                           (broken() ? std::chrono::milliseconds(100) : std::chrono::seconds(3));
