@@ -12,9 +12,10 @@
 //   shared_dict        smisk::ipc::shared_dict<std::string, std::string> (and <.., int64_t> for
 //                      the counter), default options
 //   raw BDB same       the C API with exactly shared_dict's environment (flags, cache, lock
-//                      detector, lock table sizes, thread tracking, log settings, checkpoints
-//                      every 4096 writes, the "data"/"meta" sub-database layout, hash), auto-commit
-//                      writes, DB_TXN_WRITE_NOSYNC, increment = txn + get(DB_RMW) + put
+//                      detector, lock table sizes, thread tracking, log settings, a checkpoint
+//                      every 4096 writes by a background thread, the "data"/"meta" sub-database
+//                      layout, hash), auto-commit writes, DB_TXN_WRITE_NOSYNC, increment = txn +
+//                      get(DB_RMW) + put
 //   raw BDB unsafe     DB_INIT_MPOOL | DB_INIT_LOCK | DB_THREAD, no transactions (Berkeley DB's
 //                      fastest mode; page splits can deadlock and leave the database corrupt);
 //                      increment = cursor DB_SET|DB_RMW + put(DB_CURRENT)
@@ -72,6 +73,7 @@
 #include <charconv>
 #include <chrono>
 #include <cinttypes>
+#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -83,12 +85,14 @@
 #include <iterator>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <sstream>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -288,6 +292,10 @@ class raw_bdb {
     env_ = nullptr;
     db_ = counter_ = nullptr;
     writes_ = 0;
+    // The parent's checkpoint thread does not exist in a child: its object is left alone
+    // (destroying a std::thread that looks joinable would terminate).
+    (void)checkpoints_.release();
+    checkpoints_ = std::make_unique<checkpointer>();
     open(false);
   }
   void leave() { close(); }
@@ -408,6 +416,7 @@ class raw_bdb {
   }
 
   void close() {
+    checkpoints_->stop();
     if (counter_) counter_->close(counter_, 0);
     if (db_) db_->close(db_, 0);
     if (env_) env_->close(env_, 0);
@@ -415,10 +424,46 @@ class raw_bdb {
     env_ = nullptr;
   }
 
-  /// detail::bdb::environment::note_write: a checkpoint every 4096 writes of the process.
+  /// detail::bdb::environment's checkpoints: every 4096 writes of the process, a checkpoint
+  /// (txn_checkpoint(1024 KiB)) is asked of a thread that the first request starts; writers
+  /// never checkpoint themselves.
+  struct checkpointer {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool wanted = false, stopping = false;
+    std::thread thread;
+    void ask(DB_ENV* env) {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        wanted = true;
+        if (!thread.joinable()) thread = std::thread([this, env] { loop(env); });
+      }
+      cv.notify_one();
+    }
+    void loop(DB_ENV* env) {
+      std::unique_lock<std::mutex> lock(mutex);
+      for (;;) {
+        cv.wait(lock, [&] { return stopping || wanted; });
+        if (stopping) return;
+        wanted = false;
+        lock.unlock();
+        env->txn_checkpoint(env, 1024, 0, 0);
+        lock.lock();
+      }
+    }
+    void stop() {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        stopping = true;
+      }
+      cv.notify_one();
+      if (thread.joinable()) thread.join();
+    }
+  };
+
   void note_write() {
     if (!transactional()) return;
-    if ((writes_++ & 4095) == 4095) env_->txn_checkpoint(env_, 1024, 0, 0);
+    if ((writes_++ & 4095) == 4095) checkpoints_->ask(env_);
   }
 
   std::int64_t increment_txn() {
@@ -490,6 +535,7 @@ class raw_bdb {
   DB* db_ = nullptr;
   DB* counter_ = nullptr;
   std::uint64_t writes_ = 0;
+  std::unique_ptr<checkpointer> checkpoints_ = std::make_unique<checkpointer>();
   char buffer_[512];
 };
 

@@ -2,7 +2,7 @@
 # Runs the benchmarks: installs what is missing (Debian), configures a Release build in
 # build-bench/, builds bench/compare, starts a memcached of its own on 127.0.0.1 (a port the
 # kernel picks), runs compare (one table: ops/s and ratios) and stops that memcached by its PID.
-# Extra arguments go to compare (e.g. --rounds 3, --with-patched-raw, --ops 300 for a smoke run).
+# Extra arguments go to compare (e.g. --rounds 3, --details, --ops 300 for a smoke run).
 # Set SMISK_BENCH_COUNTER=1 to run bench/counter_experiment too. Works from any directory.
 set -euo pipefail
 
