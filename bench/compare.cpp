@@ -238,25 +238,9 @@ void bdb_check(int rc, const char* what) {
   if (rc != 0) die(std::string(what) + ": " + db_strerror(rc));
 }
 
-/// Exactly smisk-ipc's retry policy (detail::bdb::backoff), so that contention is handled alike.
-class raw_backoff {
- public:
-  void operator()() {
-    ++tries_;
-    if (tries_ < 3) return;
-    if (tries_ < 8) {
-      ::sched_yield();
-      return;
-    }
-    long ns = std::min(1000000L, 1000L << std::min(tries_ - 8, 10));
-    ns = ns / 2 + static_cast<long>(::random() % (ns / 2 + 1));
-    struct timespec ts = {0, ns};
-    ::nanosleep(&ts, nullptr);
-  }
-
- private:
-  int tries_ = 0;
-};
+/// smisk-ipc's own retry policy, so that contention is handled alike (the raw systems run in
+/// processes of their own: its counter in the library's stats is not read there).
+using raw_backoff = smisk::ipc::detail::bdb::backoff;
 
 inline DBT dbt(const void* p, std::size_t n) {
   DBT d;

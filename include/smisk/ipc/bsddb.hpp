@@ -262,7 +262,6 @@ class backend {
       } else if (rc == DB_RUNRECOVERY) {
         // A dead process left it inconsistent: leave it (see environment::abort_waits), recover
         // and redo.
-        env.mark_broken();
         env.abort_waits();
       } else {
         detail::bdb::raise(origin, rc);

@@ -406,9 +406,11 @@ struct checkpoint_state {
   /// The address ranges of the environment's regions in this process, recorded at open.
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> regions;
 
-  /// Declares the regions broken in this process (waits there fail) and drops what the calling
-  /// thread holds there from its robust list (see robust_mutex.hpp).
+  /// Marks the environment broken, declares its regions broken in this process (waits there
+  /// fail) and drops what the calling thread holds there from its robust list (see
+  /// robust_mutex.hpp).
   void abort_waits() noexcept {
+    broken.store(true, std::memory_order_seq_cst);
     for (const auto& r : regions) robust::abort_waits_in(r.first, r.second);
     robust::forget_broken_holds();
   }
@@ -542,8 +544,8 @@ class environment {
     return checkpoints_->broken.load(std::memory_order_seq_cst);
   }
   void mark_broken() noexcept { checkpoints_->broken.store(true, std::memory_order_seq_cst); }
-  /// After DB_RUNRECOVERY: waits of this process inside the environment fail from now on, and
-  /// the calling thread forgets the mutexes it still holds there.
+  /// After DB_RUNRECOVERY: marks the environment broken; waits of this process inside it fail
+  /// from now on, and the calling thread forgets the mutexes it still holds there.
   void abort_waits() noexcept { checkpoints_->abort_waits(); }
   [[nodiscard]] std::uint64_t epoch() const noexcept { return epoch_; }
 
@@ -628,10 +630,7 @@ class environment {
         const int rc = robust::call_guarded(
             env, [&] { return env->txn_checkpoint(env, last ? 0 : 1024, 0, 0); });
         if (rc == 0) stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
-        if (rc == DB_RUNRECOVERY) {
-          state->broken.store(true);
-          state->abort_waits();
-        }
+        if (rc == DB_RUNRECOVERY) state->abort_waits();
         lock.lock();
         state->inside = false;
       }
@@ -709,7 +708,6 @@ class environment {
         // Threads of this process blocked inside the broken environment leave it with
         // DB_RUNRECOVERY (and then recover) instead of waiting for a dead process. Only now,
         // once: this process has no newer environment of the home mapped yet.
-        mark_broken();
         abort_waits();
       }
     }
