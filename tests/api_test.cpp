@@ -1,5 +1,10 @@
 // The whole shared_dict API (tests/api_suite.hpp) on Berkeley DB (hash and btree) and on the
 // std::map test backend, plus what is specific to Berkeley DB. Built as C++17 and as C++20.
+#include <errno.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -89,6 +94,85 @@ TEST(bsddb, filename_sets_home_and_name) {
   ipc::shared_dict<std::string, std::string> again(by_parts);
   EXPECT_EQ(again.at("k"), "v");
 }
+
+TEST(bsddb, every_spelling_of_a_home_shares_one_engine) {
+  smisk_test::temp_dir dir;
+  ASSERT_EQ(::mkdir(dir.file("h").c_str(), 0700), 0);
+  ASSERT_EQ(::symlink(dir.path().c_str(), dir.file("link").c_str()), 0);
+  auto open = [](const std::string& home, const std::string& name) {
+    ipc::bsddb::options o;
+    o.homedir = home;
+    o.name = name;
+    o.cache_size = 4 << 20;
+    return ipc::shared_dict<std::string, int>(o);
+  };
+  auto d = open(dir.file("h"), "a");
+  d.set("k", 1);
+  DB_ENV* const engine = d.backend().env_handle();
+  // The same home, spelled differently: the same engine, the same data.
+  for (const std::string& home :
+       {dir.path() + "//h", dir.path() + "/./h", dir.path() + "/h/", dir.file("link") + "/h"}) {
+    auto again = open(home, "b");
+    EXPECT_EQ(again.backend().env_handle(), engine) << home;
+    EXPECT_EQ(open(home, "a").at("k"), 1) << home;
+  }
+  char cwd[4096];
+  ASSERT_NE(::getcwd(cwd, sizeof cwd), nullptr);
+  ASSERT_EQ(::chdir(dir.path().c_str()), 0);
+  auto relative = open("h", "c");
+  ASSERT_EQ(::chdir(cwd), 0);
+  EXPECT_EQ(relative.backend().env_handle(), engine);
+  // Another home is another engine.
+  ASSERT_EQ(::mkdir(dir.file("other").c_str(), 0700), 0);
+  EXPECT_NE(open(dir.file("other"), "a").backend().env_handle(), engine);
+}
+
+TEST(bsddb, mode_applies_to_the_files_created) {
+  smisk_test::temp_dir dir;
+  const mode_t old_umask = ::umask(022);
+  for (mode_t mode : {mode_t{0600}, mode_t{0640}}) {
+    ipc::bsddb::options o;
+    o.homedir = dir.file(mode == 0600 ? "default" : "group");
+    o.name = "d";
+    o.persistent = true;
+    if (mode != 0600) o.mode = mode;
+    ipc::shared_dict<std::string, int> d(o);
+    d.set("k", 1);
+    struct stat st {};
+    ASSERT_EQ(::stat((o.homedir + "/d").c_str(), &st), 0);
+    EXPECT_EQ(st.st_mode & 07777, mode) << o.homedir;
+  }
+  ::umask(old_umask);
+}
+
+TEST(bsddb, cache_size_is_the_engine_cache) {
+  for (std::uint32_t mib : {8u, 64u}) {
+    smisk_test::temp_dir dir;
+    ipc::bsddb::options o;
+    o.homedir = dir.path();
+    o.cache_size = std::size_t{mib} << 20;
+    ipc::shared_dict<std::string, int> d(o);
+    DB_ENV* env = d.backend().env_handle();
+    u_int32_t gbytes = 0, bytes = 0;
+    int ncache = 0;
+    ASSERT_EQ(env->get_cachesize(env, &gbytes, &bytes, &ncache), 0);
+    const std::uint64_t total = (std::uint64_t{gbytes} << 30) + bytes;
+    // Berkeley DB adds its own overhead to small caches (up to 25%).
+    EXPECT_GE(total, std::uint64_t{mib} << 20) << mib << " MiB";
+    EXPECT_LE(total, (std::uint64_t{mib} << 20) * 3 / 2) << mib << " MiB";
+  }
+}
+
+#if __cplusplus >= 202002L
+TEST(bsddb, designated_initialisers_in_cxx20) {
+  // Fields left out of a designated initialiser keep their defaults, without a
+  // -Wmissing-field-initializers warning (the tests build with -Werror).
+  smisk_test::temp_dir dir;
+  ipc::shared_dict<std::string, int> d({.homedir = dir.path(), .persistent = true});
+  EXPECT_EQ(d.increment("k"), 1);
+  EXPECT_TRUE(smisk_test::path_exists(dir.file(program_invocation_short_name)));
+}
+#endif
 
 TEST(bsddb, access_method_is_remembered) {
   bsddb_hash store;

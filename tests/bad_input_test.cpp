@@ -84,6 +84,20 @@ TEST(type_mismatch, persistent_dict_reopened_with_other_types) {
   EXPECT_EQ(d.size(), 1u);
 }
 
+enum class color : std::int32_t { red, green };
+enum class fruit : std::int32_t { apple, pear };
+
+TEST(type_mismatch, another_enum_with_the_same_underlying_type) {
+  temp_dir dir;
+  const auto o = options_for(dir.file("home"), true);
+  ipc::shared_dict<std::string, color> colors{o};
+  colors.set("sky", color::green);
+  EXPECT_THROW((void)(ipc::shared_dict<std::string, fruit>{o}), ipc::type_mismatch);
+  EXPECT_THROW((void)(ipc::shared_dict<std::string, std::int32_t>{o}), ipc::type_mismatch);
+  EXPECT_EQ(colors.get("sky"), color::green);
+  EXPECT_EQ((ipc::shared_dict<std::string, color>{o}.get("sky")), color::green);
+}
+
 // ---------------------------------------------------------------------------
 // Corrupt stored bytes
 

@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <typeinfo>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -22,6 +23,7 @@ std::string bytes_of(const T& v) {
 
 struct no_codec_for_me {};
 enum class level : std::int16_t { low = -3, high = 300 };
+enum class other_level : std::int16_t { low = -3, high = 300 };
 
 TEST(codec, format_is_documented_text) {
   EXPECT_EQ(bytes_of(std::string("a b\n")), "a b\n");
@@ -79,7 +81,11 @@ TEST(codec, type_tags) {
   EXPECT_EQ(ipc::detail::codec_name<std::int64_t>(), "i64");
   EXPECT_EQ(ipc::detail::codec_name<std::uint16_t>(), "u16");
   EXPECT_EQ(ipc::detail::codec_name<double>(), "f64");
-  EXPECT_EQ(ipc::detail::codec_name<level>(), "enum:i16");
+  EXPECT_EQ(ipc::detail::codec_name<level>(), std::string("enum:i16:") + typeid(level).name());
+  // Two enums that store the same integers are still different types.
+  EXPECT_NE(ipc::detail::codec_name<level>(), ipc::detail::codec_name<other_level>());
+  // Byte vectors share one tag on purpose: they store the same bytes.
+  EXPECT_EQ(ipc::detail::codec_name<std::vector<char>>(), "bytes");
   EXPECT_EQ(ipc::detail::codec_name<std::vector<std::byte>>(), "bytes");
   static_assert(!ipc::detail::has_codec<no_codec_for_me>::value);
   static_assert(ipc::detail::has_codec<std::string>::value);

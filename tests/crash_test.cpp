@@ -181,7 +181,8 @@ std::string persistence_name(const ::testing::TestParamInfo<bool>& info) {
   X(homes_removed)                \
   X(dead_mutex_owners)            \
   X(aborted_waits)                \
-  X(libdb_faults)
+  X(libdb_faults)                 \
+  X(lock_conflicts)
 
 #define SMISK_CRASH_TEST_HAS_FIELD(field)                                           \
   template <class S, class = void>                                                  \

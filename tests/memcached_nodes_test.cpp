@@ -3,7 +3,11 @@
 // unavailable_error while the others keep working, and the same dict uses it again once it is
 // restarted on the same port; a frozen node times out. Every server here is the test's own,
 // started and stopped by PID.
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
@@ -11,6 +15,7 @@
 #include <iostream>
 #include <map>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <vector>
@@ -232,6 +237,105 @@ TEST(memcached_nodes, a_dict_opens_while_one_of_its_nodes_is_down_but_not_all) {
   EXPECT_THROW(dict{o}, ipc::unavailable_error);
   std::cout << "[ measure  ] constructor with every node dead threw after " << mc::ms_since(start)
             << " ms\n";
+}
+
+TEST(memcached_nodes, a_fourth_node_takes_about_a_quarter_of_the_keys_from_the_others) {
+  // Consistent hashing (ketama): adding a node moves only the keys the new node takes over,
+  // about 1/4 of them. Modulo placement would move about 3/4.
+  three_servers cluster;
+  const std::string name = mc::unique_name("ketama");
+  const auto three = cluster.options(name);
+  mc::server fourth;
+  auto four = three;
+  four.nodes.push_back(fourth.node());
+  dict before(three), after(four);
+  ASSERT_EQ(after.backend().node_count(), 4u);
+  constexpr int n = 4000;
+  int moved = 0, moved_elsewhere = 0;
+  for (int i = 0; i < n; ++i) {
+    const std::string was = before.backend().node_of(key(i));
+    const std::string is = after.backend().node_of(key(i));
+    if (was == is) continue;
+    ++moved;
+    if (is != fourth.node()) ++moved_elsewhere;
+  }
+  std::cout << "[ measure  ] a 4th node moved " << moved << " of " << n << " keys\n";
+  EXPECT_EQ(moved_elsewhere, 0) << "keys moved between the old nodes";
+  EXPECT_GT(moved, n / 8);
+  EXPECT_LT(moved, n * 2 / 5);
+}
+
+// A listening socket whose accept queue is full: the kernel drops new connection attempts, so a
+// client's connect() waits (a host that does not answer, on loopback).
+class unanswering_listener {
+ public:
+  unanswering_listener() {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t len = sizeof addr;
+    if (fd_ < 0 || ::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
+        ::listen(fd_, 0) != 0 || ::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0)
+      throw std::runtime_error("cannot listen on loopback");
+    port_ = ntohs(addr.sin_port);
+    // Fill the accept queue (never accepted).
+    for (int i = 0; i < 4; ++i) {
+      int c = ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+      (void)::connect(c, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+      fillers_.push_back(c);
+    }
+    std::this_thread::sleep_for(100ms);
+  }
+  ~unanswering_listener() {
+    for (int c : fillers_) ::close(c);
+    ::close(fd_);
+  }
+  unanswering_listener(const unanswering_listener&) = delete;
+  unanswering_listener& operator=(const unanswering_listener&) = delete;
+  [[nodiscard]] std::string node() const { return "127.0.0.1:" + std::to_string(port_); }
+
+ private:
+  int fd_ = -1;
+  int port_ = 0;
+  std::vector<int> fillers_;
+};
+
+TEST(memcached_nodes, a_node_that_never_answers_the_connect_fails_within_connect_timeout) {
+  unanswering_listener silent;
+  mc::server alive;
+  ipc::memcached::options o;
+  o.nodes = {silent.node()};
+  o.name = mc::unique_name("silent");
+  o.connect_timeout = 300ms;
+  o.io_timeout = 300ms;
+  auto start = mc::clock::now();
+  EXPECT_THROW(dict{o}, ipc::unavailable_error);
+  const double alone = mc::ms_since(start);
+  // Beside a working node: the dict opens, the silent node's keys fail within the timeout.
+  o.nodes = {alive.node(), silent.node()};
+  dict d(o);
+  int failed = 0, worked = 0;
+  double slowest = 0;
+  for (int i = 0; i < 40; ++i) {
+    const auto call = mc::clock::now();
+    try {
+      d.set(key(i), value(i));
+      EXPECT_EQ(d.at(key(i)), value(i));
+      ++worked;
+    } catch (const ipc::unavailable_error&) {
+      ++failed;
+    }
+    slowest = std::max(slowest, mc::ms_since(call));
+  }
+  std::cout << "[ measure  ] silent node: constructor failed after " << alone
+            << " ms (connect_timeout 300 ms); slowest call beside a live node " << slowest
+            << " ms; " << failed << " failed, " << worked << " worked\n";
+  EXPECT_GE(alone, 250.0);
+  EXPECT_LT(alone, 2000.0);
+  EXPECT_LT(slowest, 2000.0);
+  EXPECT_GT(failed, 0);
+  EXPECT_GT(worked, 0);
 }
 
 }  // namespace

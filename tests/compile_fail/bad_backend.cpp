@@ -1,4 +1,5 @@
 // Must not compile: a backend without modify(). The message must name the missing member.
+// expected-error: smisk::ipc backend: missing 'template <class F> void modify
 #include <smisk/ipc.hpp>
 
 struct incomplete_backend {

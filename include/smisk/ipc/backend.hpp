@@ -27,9 +27,11 @@
 //     void sync();                                              // flush to durable storage
 //
 //     // Optional capabilities; shared_dict's size()/keys()/clear()/... need them.
-//     template <class F> void for_each(F&& fn) const;     // fn(std::string_view k,
-//     std::string_view v) std::size_t count() const; bool empty() const; // else count() == 0 void
-//     clear();
+//     template <class F> void for_each(F&& fn) const;
+//         // fn(std::string_view key, std::string_view value) for every record
+//     std::size_t count() const;
+//     bool empty() const;                                       // else count() == 0
+//     void clear();
 //   };
 #pragma once
 

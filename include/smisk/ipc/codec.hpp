@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: MIT
 //
 // Stored format (stable; a persistent dict written by one build is read by the next):
-//   std::string, std::string_view keys   the bytes themselves
+//   std::string                          the bytes themselves
 //   byte vectors (std::byte, char,       the bytes themselves
 //     signed/unsigned char)
 //   integers                             decimal ASCII, e.g. "-42" (std::to_chars)
@@ -83,10 +83,20 @@ constexpr void check_codec() {
   }
 }
 
-/// The type tag stored with a dict; `codec<T>::name` when given, else the ABI's type name.
+template <class T, class = void>
+struct codec_names_type : std::false_type {};
+template <class T>
+struct codec_names_type<T, std::void_t<decltype(codec<T>::smisk_ipc_names_type)>> : std::true_type {
+};
+
+/// The type tag stored with a dict; `codec<T>::name` when given (followed by the ABI's name of T
+/// for the built-in enum codec: two enums are different types even when they store the same
+/// integers), else the ABI's type name.
 template <class T>
 std::string codec_name() {
-  if constexpr (codec_has_name<T>::value) {
+  if constexpr (codec_has_name<T>::value && codec_names_type<T>::value) {
+    return std::string(codec<T>::name) + ":" + typeid(T).name();
+  } else if constexpr (codec_has_name<T>::value) {
     return std::string(codec<T>::name);
   } else {
     return std::string("type:") + typeid(T).name();
@@ -198,11 +208,12 @@ struct codec<T, std::enable_if_t<std::is_arithmetic_v<T>>> {
   }
 };
 
-/// Enums: their underlying integer, in decimal ASCII.
+/// Enums: their underlying integer, in decimal ASCII. The stored type tag names the enum too.
 template <class T>
 struct codec<T, std::enable_if_t<std::is_enum_v<T>>> {
   using underlying = std::underlying_type_t<T>;
   static constexpr std::string_view name = detail::enum_name<underlying>();
+  static constexpr bool smisk_ipc_names_type = true;
   static void encode(T v, std::string& out) {
     codec<underlying>::encode(static_cast<underlying>(v), out);
   }

@@ -61,7 +61,7 @@ struct options {
   std::vector<std::string> nodes = {"127.0.0.1:11211"};
   /// The key namespace: dicts with the same name on the same nodes are the same dict. Default
   /// (empty): "smisk-ipc.<user>.<program>", shared by every process of this program and user.
-  std::string name;
+  std::string name{};
   /// How long an item lives after it was last written; 0 means no expiry (memcached may still
   /// evict it when it runs out of memory).
   std::chrono::seconds ttl{0};

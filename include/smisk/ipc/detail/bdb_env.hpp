@@ -49,12 +49,12 @@ enum class durability_level {
 /// Settings of a Berkeley DB shared dict; an aggregate, so set fields by name.
 struct options {
   /// Sets both the home (its directory) and the database name (its base name), as in smisk.
-  std::string filename;
+  std::string filename{};
   /// The environment directory. Default: a private directory on /dev/shm (else $TMPDIR or
   /// /tmp) named after the program and the user.
-  std::string homedir;
+  std::string homedir{};
   /// The database file name inside the home. Default: the program's name.
-  std::string name;
+  std::string name{};
   /// Permission bits of the files the library creates (directories it creates are 0700).
   unsigned mode = 0600;
   /// hash (default) or btree (key-ordered iteration).
@@ -103,6 +103,7 @@ struct statistics {
   std::atomic<std::uint64_t> failchk_errors{0};
   std::atomic<std::uint64_t> recoveries{0};
   std::atomic<std::uint64_t> environments_abandoned{0};
+  std::atomic<std::uint64_t> lock_conflicts{0};
 };
 inline statistics& stats() {
   static statistics s;
@@ -140,8 +141,10 @@ extern "C" inline int is_alive(DB_ENV* env, pid_t pid, db_threadid_t, u_int32_t)
 /// Exponential backoff for deadlock and lock-conflict retries.
 class backoff {
  public:
-  void operator()() {
-    stats().deadlock_retries.fetch_add(1, std::memory_order_relaxed);
+  /// `conflict`: a lock was busy (DB_LOCK_NOTGRANTED), not a deadlock.
+  void operator()(bool conflict = false) {
+    (conflict ? stats().lock_conflicts : stats().deadlock_retries)
+        .fetch_add(1, std::memory_order_relaxed);
     ++tries_;
     if (tries_ < 3) return;
     if (tries_ < 8) {
@@ -734,8 +737,11 @@ class environment {
 /// succeeds, so the handle is dropped before the call.
 class transaction {
  public:
-  explicit transaction(DB_ENV* env) : env_(env) {
-    int rc = robust::call_guarded(env_, [&] { return env_->txn_begin(env_, nullptr, &txn_, 0); });
+  /// `flags`: txn_begin's, e.g. DB_TXN_NOWAIT (a lock conflict fails at once with
+  /// DB_LOCK_NOTGRANTED instead of queueing behind the holder).
+  explicit transaction(DB_ENV* env, u_int32_t flags = 0) : env_(env) {
+    int rc =
+        robust::call_guarded(env_, [&] { return env_->txn_begin(env_, nullptr, &txn_, flags); });
     if (rc != 0) {
       txn_ = nullptr;
       rc_ = rc;
@@ -890,7 +896,7 @@ inline int guarded(const database& d, F&& f) noexcept {
 /// Resolved location of a dict.
 struct location {
   std::string home;
-  std::string name;
+  std::string name{};
   bool default_home = false;
 };
 
@@ -914,7 +920,7 @@ inline location locate(const bsddb::options& o) {
       loc.home = o.homedir;
     }
   }
-  while (loc.home.size() > 1 && loc.home.back() == '/') loc.home.pop_back();
+  loc.home = canonical_home(loc.home);
   if (loc.name.find('/') != std::string::npos || loc.name == "." || loc.name == ".." ||
       starts_with(loc.name, "__db.") || starts_with(loc.name, "log.") ||
       starts_with(loc.name, "smisk-ipc."))

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -145,6 +146,35 @@ inline std::string dirname_of(const std::string& path) {
 inline std::string basename_of(const std::string& path) {
   auto slash = path.rfind('/');
   return slash == std::string::npos ? path : path.substr(slash + 1);
+}
+
+/// The one spelling of a home directory path, so that "d/h", "d//h", "d/./h" and "h" (from d)
+/// name the same home of the process: absolute, its parent directory resolved by realpath(), its
+/// last component kept as written (a symlink there must still be seen, and refused). A parent
+/// that does not exist is left as written (opening the home fails then anyway).
+inline std::string canonical_home(std::string home) {
+  if (home.empty()) return home;
+  if (home[0] != '/') {
+    char cwd[4096];
+    if (::getcwd(cwd, sizeof cwd) == nullptr) return home;
+    home = std::string(cwd) + "/" + home;
+  }
+  while (home.size() > 1 && home.back() == '/') home.pop_back();
+  std::string last = basename_of(home);
+  if (last == "." || last == ".." || home == "/") {  // the whole path names an existing directory
+    if (char* real = ::realpath(home.c_str(), nullptr)) {
+      home = real;
+      std::free(real);
+    }
+    return home;
+  }
+  if (char* parent = ::realpath(dirname_of(home).c_str(), nullptr)) {
+    std::string resolved(parent);
+    std::free(parent);
+    if (resolved.back() != '/') resolved += '/';
+    home = resolved + last;
+  }
+  return home;
 }
 
 /// Makes sure `home` is a directory this user owns and may write, creating it (mode 0700) if it
