@@ -801,7 +801,7 @@ class database {
     rc = db_->open(db_, nullptr, name.c_str(), "data", type, DB_CREATE | DB_THREAD | DB_AUTO_COMMIT,
                    static_cast<int>(mode));
     if (rc != 0) {
-      db_->close(db_, 0);
+      db_->close(db_, DB_NOSYNC);
       raise("DB->open", rc, env_->lease().home() + "/" + name);
     }
   }
@@ -815,10 +815,12 @@ class database {
     std::lock_guard<std::mutex> lock(shutdown_mutex_);
     if (closed_.exchange(true)) return;
     if (generation_ != fork_generation()) return;
-    // Closing flushes pages and can wait for a page latch of a dead process: an operation for
-    // the watchdog, unless the environment is already broken (its waits fail then).
+    // Closing can wait for a page latch of a dead process: an operation for the watchdog, unless
+    // the environment is already broken (its waits fail then).
     const bool entered = env_->enter();
-    robust::call_guarded(env_->handle(), [this] { return db_->close(db_, 0); });
+    // Without flushing the file (see check_types): the last checkpoint of a persistent home
+    // writes the pages, and a temporary home is removed anyway.
+    robust::call_guarded(env_->handle(), [this] { return db_->close(db_, DB_NOSYNC); });
     if (entered) env_->leave();
   }
   [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_relaxed); }
@@ -837,8 +839,13 @@ class database {
     DB* meta = nullptr;
     int rc = ::db_create(&meta, e, 0);
     if (rc != 0) raise("db_create", rc);
-    std::unique_ptr<DB, void (*)(DB*)> guard(
-        meta, [](DB* d) { robust::call_guarded(d->dbenv, [d] { return d->close(d, 0); }); });
+    // DB_NOSYNC (as for every DB->close here): closing would otherwise flush the whole file's
+    // dirty pages, and libdb waits for a page other processes have pinned by sleeping a whole
+    // second at a time, here while this process holds the home's gate. The log makes every
+    // committed write recoverable; checkpoints write the pages.
+    std::unique_ptr<DB, void (*)(DB*)> guard(meta, [](DB* d) {
+      robust::call_guarded(d->dbenv, [d] { return d->close(d, DB_NOSYNC); });
+    });
     rc = meta->open(meta, nullptr, name.c_str(), "meta", DB_BTREE,
                     DB_CREATE | DB_THREAD | DB_AUTO_COMMIT, static_cast<int>(mode));
     if (rc != 0) {
