@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds everything and runs the whole test suite
 # through ctest twice: a RelWithDebInfo build (build/), then an ASan+UBSan
-# Debug build (build-asan/). Only the 60 s chaos runs (label chaos_long) are left
-# out of both: `ctest --test-dir build -L chaos_long` runs them.
+# Debug build (build-asan/); then the threaded tests of one process under
+# ThreadSanitizer (build-tsan/). Only the 60 s chaos runs (label chaos_long) are
+# left out: `ctest --test-dir build -L chaos_long` runs them.
 # Exits non-zero if any step fails. Works from any directory.
 set -uo pipefail
 
@@ -58,8 +59,19 @@ if step "configure build-asan" cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug
     -LE chaos_long --repeat until-pass:2
 fi
 
+# build-tsan/: the threaded tests of one process under ThreadSanitizer. Berkeley DB itself is not
+# instrumented; the library's own threads, locks and atomics are. TSan cannot follow fork() from a
+# multi-threaded process, so the tests that fork threaded processes run in the builds above only.
+if step "configure build-tsan" cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DSMISK_IPC_BUILD_TESTS=ON -DSMISK_IPC_BUILD_EXAMPLES=OFF -DSMISK_IPC_INSTALL=OFF \
+  -DSMISK_IPC_TSAN=ON &&
+  step "build build-tsan" cmake --build build-tsan -j"$jobs" --target threads_test; then
+  step "threads under TSan" env TSAN_OPTIONS="halt_on_error=1" build-tsan/tests/threads_test \
+    --gtest_filter='threads.one_copied_handle_shared_by_many_threads:threads.threads_open_use_and_close_dicts_of_one_home_at_once'
+fi
+
 if ((${#failed[@]} == 0)); then
-  echo "SUMMARY: PASSED (build/ RelWithDebInfo and build-asan/ ASan+UBSan: all tests passed)"
+  echo "SUMMARY: PASSED (build/ RelWithDebInfo, build-asan/ ASan+UBSan and the threaded tests under TSan)"
   exit 0
 fi
 echo "SUMMARY: FAILED: ${failed[*]}"

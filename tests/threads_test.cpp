@@ -144,6 +144,43 @@ TEST(threads, one_copied_handle_shared_by_many_threads) {
     EXPECT_EQ(original.get("thread" + std::to_string(t)), kOps - 1);
 }
 
+TEST(threads, threads_open_use_and_close_dicts_of_one_home_at_once) {
+  // The process-wide parts under concurrency: the registry (handles of two databases opened and
+  // dropped by many threads at once), the engine shared by them, the watchdog and the
+  // checkpoint thread (enough writes to ask for checkpoints), sync() and enumeration.
+  constexpr int kThreads = 6;
+  constexpr int kRounds = 40;
+  constexpr int kOpsPerRound = 60;
+  temp_dir dir;
+  int_dict keep{temp_options(dir, "counters")};  // keeps the engine open throughout
+  std::atomic<int> errors{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t) {
+    threads.emplace_back([&, t] {
+      try {
+        for (int round = 0; round < kRounds; ++round) {
+          int_dict counters{temp_options(dir, "counters")};
+          str_dict notes{temp_options(dir, "notes")};
+          for (int i = 0; i < kOpsPerRound; ++i) {
+            counters.increment("total");
+            notes.set("t" + std::to_string(t) + ":" + std::to_string(i % 7),
+                      "round " + std::to_string(round));
+          }
+          if (round % 8 == t % 8) notes.sync();
+          if (round % 10 == 0) (void)notes.keys();
+        }
+      } catch (const std::exception& e) {
+        std::fprintf(stderr, "thread %d: %s\n", t, e.what());
+        ++errors;
+      }
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(errors.load(), 0);
+  EXPECT_EQ(keep.get("total"), kThreads * kRounds * kOpsPerRound);
+  EXPECT_EQ(str_dict{temp_options(dir, "notes")}.size(), static_cast<std::size_t>(kThreads * 7));
+}
+
 TEST(threads, fork_while_other_threads_use_the_dict) {
   // fork() from one thread while other threads of the parent are inside dict operations: the
   // child only has the forking thread, reopens its engine and works.
