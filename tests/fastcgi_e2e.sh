@@ -291,9 +291,19 @@ retried=$(grep -cE 'upstream=[^ ]*,' "$STACK_DIR/nginx/access.log" 2>/dev/null |
 # ---- stopping: every worker ends on SIGTERM, the last one out removes the temporary home
 stack_stop_from_files 2>"$STACK_DIR/stop.log"
 cat "$STACK_DIR/stop.log"
+# A process is gone once /proc has no status for it or it is a zombie (Z) or dead (X) waiting to
+# be reaped by whoever inherited it. The SIGKILLed worker may take a moment to finish dying, so
+# each process gets up to 2 s; the state is shown if one is still there.
+process_state() { sed -n 's/^State:[[:space:]]*//p' "/proc/$1/status" 2>/dev/null; }
 for pid in "${STACK_WORKERS[@]}" "$STACK_NGINX_PID"; do
-  if [[ -d "/proc/$pid" ]] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; then
-    fail "process $pid is still running after the stop"
+  state=$(process_state "$pid")
+  for ((i = 0; i < 20; i++)); do
+    [[ -z "$state" || "$state" == Z* || "$state" == X* ]] && break
+    sleep 0.1
+    state=$(process_state "$pid")
+  done
+  if [[ -n "$state" && "$state" != Z* && "$state" != X* ]]; then
+    fail "process $pid is still running after the stop (state $state)"
   fi
 done
 if grep -q "did not stop" "$STACK_DIR/stop.log"; then

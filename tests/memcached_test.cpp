@@ -376,6 +376,29 @@ TEST(memcached_processes, clear_by_one_process_is_seen_by_the_others) {
   EXPECT_EQ(d.at("from child"), 1);
 }
 
+TEST(memcached_processes, a_set_after_another_process_cleared_is_not_lost) {
+  // A set is written under the generation this process saw last: after a clear() elsewhere that
+  // generation is stale, and the set must notice it (it reads the generation after writing) and
+  // write again under the new one, or the value would land in the cleared namespace.
+  SMISK_TEST_FIXTURE_NODE(node);
+  const auto o = options_for(node, "stale");
+  ipc::memcached::shared_dict<std::string, int> d(o);
+  d.set("k", 1);
+  d.set("other", 1);
+  const std::string before = d.backend().item_key_of("k");
+  auto pid = smisk_test::fork_child([&] {
+    ipc::memcached::shared_dict<std::string, int> mine(o);
+    mine.clear();
+  });
+  ASSERT_TRUE(smisk_test::all_ok(smisk_test::wait_child(pid)));
+  d.set("k", 2);  // the first write still goes to the old generation
+  EXPECT_NE(d.backend().item_key_of("k"), before) << "the new generation was not learnt";
+  ipc::memcached::shared_dict<std::string, int> fresh(o);
+  EXPECT_EQ(fresh.get("k"), 2);
+  EXPECT_EQ(fresh.get("other"), std::nullopt);
+  EXPECT_EQ(d.get("k"), 2);
+}
+
 TEST(memcached_processes, threads_share_a_dict_without_losing_updates) {
   SMISK_TEST_FIXTURE_NODE(node);
   ipc::memcached::shared_dict<std::string, std::int64_t> d(options_for(node, "threads"));

@@ -24,8 +24,10 @@
 //
 // Values are stored verbatim (item flags 0), so counters are readable decimal text. Every read
 // fetches the node's generation and the item together (one round trip); read-modify-writes are
-// gets + cas (add when absent), retried on conflict; set is replace-else-add, because memcached's
-// own set deletes the old item when it refuses the new one. An erase is stored as a short-lived
+// gets + cas (add when absent), retried on conflict. A set is one round trip: a noreply set under
+// the generation last seen, pipelined with a read of the generation (see backend::put); values
+// over the servers' item size limit are refused before anything is sent, since memcached's set
+// deletes the old item when it refuses a new one. An erase is stored as a short-lived
 // tombstone item (flags 'tomb', expiring after a second) written with cas, because memcached has
 // no delete-if-unchanged; every operation treats it as absent.
 #pragma once
@@ -135,6 +137,7 @@ class backend {
       }
     }
     if (reached == 0) throw unavailable_error(first_failure, first_code, "memcached::backend");
+    if (reached == pool_->node_count()) learn_item_size_limit();
   }
 
   backend(const backend&) = delete;
@@ -160,29 +163,52 @@ class backend {
     return read(lease.get(), k, true).live();
   }
 
-  /// Stores with replace, else add (else replace again, ...): unlike set, neither deletes the
-  /// old item when the server refuses the new one (too large, out of memory).
+  /// One round trip: a `set` under the generation last seen on the key's node, sent without
+  /// waiting for its reply (noreply), followed on the same connection by a read of the
+  /// node's generation. memcached runs a connection's commands in order, and a generation never
+  /// comes back once changed, so reading the same generation after the write proves that the
+  /// write landed while that generation was current. If it changed (a clear() meanwhile), the
+  /// value is written again under the new one (the first copy is invisible garbage).
+  ///
+  /// A noreply set has no reply to fail with, so every refusal must be ruled out first: values
+  /// over the item size limit (the smaller of options::max_item_size and the servers' own, read
+  /// at construction) are refused with size_error before anything is sent, because memcached's
+  /// set deletes the old item when it refuses a new one. A server that runs out of memory drops
+  /// the write silently, as it may evict any item at any time.
   void put(std::string_view key, std::string_view value) {
     check_size(value, 0);
     auto lease = pool_->acquire();
     memcached_st* h = lease.get();
     located k = locate(h, key);
-    const std::string item = item_key(k, read(h, k, false).generation);
-    check_size(value, item.size());
-    for (unsigned conflicts = 0;; ++conflicts) {
-      if (conflicts > 2) backoff(conflicts);
-      memcached_return_t rc = attempt(h, k.node, "replace", [&] {
-        return memcached_replace_by_key(h, k.group.data(), k.group.size(), item.data(), item.size(),
-                                        value.data(), value.size(), expiry(), live_flags);
-      });
-      if (rc == MEMCACHED_SUCCESS) return;
-      if (rc != MEMCACHED_NOTSTORED) fail(h, rc, k.node, "replace");
-      rc = attempt(h, k.node, "add", [&] {
-        return memcached_add_by_key(h, k.group.data(), k.group.size(), item.data(), item.size(),
-                                    value.data(), value.size(), expiry(), live_flags);
-      });
-      if (rc == MEMCACHED_SUCCESS) return;
-      if (rc != MEMCACHED_NOTSTORED && rc != MEMCACHED_DATA_EXISTS) fail(h, rc, k.node, "add");
+    memcached_return_t first_rc = MEMCACHED_SUCCESS;
+    int first_errno = 0;
+    for (unsigned round = 0;; ++round) {
+      if (round == max_rounds) give_up(k.node);
+      std::uint64_t generation = generations_[k.node].load(std::memory_order_relaxed);
+      if (generation == 0) generation = read(h, k, false).generation;
+      const std::string item = item_key(k, generation);
+      check_size(value, item.size());
+      pool_->check_node(k.node);
+      memcached_return_t rc = set_without_reply(h, k, item, value);
+      fetched seen, unused;
+      if (rc == MEMCACHED_SUCCESS) rc = fetch(h, k.group, gen_key_, std::string(), seen, unused);
+      if (rc != MEMCACHED_SUCCESS) {
+        // As in read(): a pooled connection to a restarted node fails once. A set is safe to
+        // repeat.
+        if (first_rc == MEMCACHED_SUCCESS && detail::mc::is_broken_connection(rc)) {
+          first_rc = rc;
+          first_errno = memcached_last_error_errno(h);
+          continue;
+        }
+        fail_retried(h, rc, first_rc, first_errno, k.node, "set");
+      }
+      if (!seen.present) {  // the node lost the namespace's records: recreate, write again
+        prepare_node(h, k.node, k.group, true);
+        continue;
+      }
+      const std::uint64_t current = parse_generation(seen.value, k.node);
+      if (current == generation) return;
+      generations_[k.node].store(current, std::memory_order_relaxed);
     }
   }
 
@@ -351,7 +377,8 @@ class backend {
     throw size_error("smisk::ipc: memcached value of " + std::to_string(value.size()) +
                          " bytes is larger than the item size limit (" +
                          std::to_string(max_item_size_) +
-                         " bytes with the key and the item header, options::max_item_size)",
+                         " bytes with the key and the item header: options::max_item_size, or the "
+                         "servers' own limit if smaller)",
                      static_cast<int>(MEMCACHED_E2BIG), "memcached store");
   }
 
@@ -385,6 +412,42 @@ class backend {
     memcached_return_t rc = call();
     if (detail::mc::is_unavailable(rc)) fail(h, rc, node, origin);
     return rc;
+  }
+
+  /// memcached_set with noreply (the behaviour is switched on for this one call only).
+  memcached_return_t set_without_reply(memcached_st* h, const located& k, const std::string& item,
+                                       std::string_view value) const {
+    memcached_return_t rc = memcached_behavior_set(h, MEMCACHED_BEHAVIOR_NOREPLY, 1);
+    if (rc != MEMCACHED_SUCCESS) return rc;
+    rc = memcached_set_by_key(h, k.group.data(), k.group.size(), item.data(), item.size(),
+                              value.data(), value.size(), expiry(), live_flags);
+    const memcached_return_t off = memcached_behavior_set(h, MEMCACHED_BEHAVIOR_NOREPLY, 0);
+    if (rc == MEMCACHED_BUFFERED) rc = MEMCACHED_SUCCESS;
+    return rc != MEMCACHED_SUCCESS ? rc : off;
+  }
+
+  /// Lowers max_item_size_ to the smallest item size limit of the servers ("stats settings",
+  /// item_size_max), so that a value a server would refuse is refused here first (see put()).
+  void learn_item_size_limit() {
+    struct context {
+      std::size_t smallest = 0;
+    } found;
+    auto on_stat = [](const memcached_instance_st*, const char* key, size_t key_length,
+                      const char* value, size_t value_length, void* p) -> memcached_return_t {
+      if (std::string_view(key, key_length) != "item_size_max") return MEMCACHED_SUCCESS;
+      std::size_t limit = 0;
+      for (char c : std::string_view(value, value_length)) {
+        if (c < '0' || c > '9') return MEMCACHED_SUCCESS;
+        limit = limit * 10 + static_cast<std::size_t>(c - '0');
+      }
+      auto* f = static_cast<context*>(p);
+      if (limit > 0 && (f->smallest == 0 || limit < f->smallest)) f->smallest = limit;
+      return MEMCACHED_SUCCESS;
+    };
+    auto lease = pool_->acquire();
+    char args[] = "settings";
+    (void)memcached_stat_execute(lease.get(), args, on_stat, &found);
+    if (found.smallest != 0 && found.smallest < max_item_size_) max_item_size_ = found.smallest;
   }
 
   /// One item of a fetch.
