@@ -858,9 +858,13 @@ TEST_P(sigstop, holder_of_a_write_lock_is_stopped_then_released) {
   if (write_done)
     std::printf("[ sigstop ] the write on the held key returned %.1f ms after %s\n",
                 ms(write_done - t_release), kill_holder ? "SIGKILL" : "SIGCONT");
-  else
+  else {
     std::printf("[ sigstop ] the write on the held key still waits 10 s after %s\n",
                 kill_holder ? "SIGKILL" : "SIGCONT");
+    std::fflush(stdout);
+    setenv("SMISK_TEST_STACKS_HOME", dir.path().c_str(), 1);
+    dump_stacks(waiters[same_key_write]);
+  }
   ASSERT_NE(write_done, 0) << "the waiter did not proceed within 10 s after "
                            << (kill_holder ? "SIGKILL" : "SIGCONT") << " of the holder";
   EXPECT_LE(write_done - t_release, kStallLimitNs)

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -231,6 +232,37 @@ inline void remove_home_files(const std::string& home, const manifest& m) {
   ::unlink((home + "/" + lock_file_name).c_str());
   if (m.created_home && ::rmdir(home.c_str()) == 0)
     stats().homes_removed.fetch_add(1, std::memory_order_relaxed);
+}
+
+/// Retires the environment regions of a home before this process recovers it (under the gate):
+/// marks the old environment dead, as Berkeley DB's own recovery does first (the panic word of
+/// its primary region, after the region magic; every process still using it then gets
+/// DB_RUNRECOVERY and reopens), and removes the region files, so that recovery creates fresh
+/// regions. Berkeley DB's recovery would instead attach to the old regions and free their memory
+/// through the regions' own allocator, whose free lists a process killed inside that allocator
+/// leaves cyclic: the recovering process then loops for ever.
+inline void retire_regions(const std::string& home) {
+  constexpr std::uint32_t region_magic = 0x120897;  // DB_REGION_MAGIC, REGENV's first word
+  {
+    unique_fd primary(::open((home + "/__db.001").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    std::uint32_t head[2] = {0, 0};
+    if (primary && ::pread(primary.get(), head, sizeof head, 0) == sizeof head &&
+        head[0] == region_magic) {
+      const std::uint32_t panic = 1;  // REGENV's second word
+      if (::pwrite(primary.get(), &panic, sizeof panic, sizeof(std::uint32_t)) != sizeof panic)
+        throw_errno("cannot mark the old environment of " + home + " dead", "pwrite");
+    }
+  }
+  std::vector<std::string> regions;
+  for (const auto& name : list_dir(home)) {
+    // Region files are "__db.NNN"; nothing else (no database, log or registry file).
+    if (name.size() <= 5 || !starts_with(name, "__db.")) continue;
+    if (name.find_first_not_of("0123456789", 5) != std::string::npos) continue;
+    regions.push_back(name);
+  }
+  // The primary region (__db.001) last, as Berkeley DB does.
+  std::sort(regions.rbegin(), regions.rend());
+  for (const auto& name : regions) ::unlink((home + "/" + name).c_str());
 }
 
 /// This process's membership of a home. Every process using a home holds a shared lock on byte 1
@@ -518,8 +550,12 @@ class environment {
         stats().environments_abandoned.fetch_add(1, std::memory_order_relaxed);
       } else {
         if (checkpointer_.joinable()) checkpointer_.join();
-        DB_ENV* e = env_;
-        robust::call_guarded(e, [e] { return e->close(e, 0); });
+        if (broken()) {
+          release_broken();
+        } else {
+          DB_ENV* e = env_;
+          robust::call_guarded(e, [e] { return e->close(e, 0); });
+        }
       }
     } else {
       // The parent's threads do not exist in this process, and their mutexes may be held by
@@ -658,6 +694,20 @@ class environment {
 
   /// Ends the checkpoint thread (after a last checkpoint of a persistent home). @returns false
   /// if it is stuck inside a checkpoint: for 100 ms in a broken environment, else for 3 s.
+  /// Leaves a broken environment without DB_ENV->close. Closing frees the process's shared
+  /// structures through the regions' allocator, and a process killed inside that allocator
+  /// leaves free lists that the free walks for ever. The regions are unmapped directly instead
+  /// (no thread of this process is inside any more; they are other processes' garbage, and
+  /// recovery has already removed their files); the DB_ENV handle and its file descriptors are
+  /// left behind (a few per recovery this process sees).
+  void release_broken() noexcept {
+    if (inflight_.load(std::memory_order_seq_cst) != 0) return;  // leave it mapped
+    for (const auto& range : checkpoints_->regions)
+      (void)::smisk_ipc_robust_munmap(reinterpret_cast<void*>(range.first),
+                                      range.second - range.first);
+    checkpoints_->regions.clear();
+  }
+
   bool stop_checkpoints() noexcept {
     std::unique_lock<std::mutex> lock(checkpoints_->mutex);
     checkpoints_->stopping = true;
@@ -817,6 +867,8 @@ class database {
     if (generation_ != fork_generation()) return;
     // Closing can wait for a page latch of a dead process: an operation for the watchdog, unless
     // the environment is already broken (its waits fail then).
+    // A broken environment's handle is left behind, not closed: see environment::release_broken.
+    if (env_->broken()) return;
     const bool entered = env_->enter();
     // Without flushing the file (see check_types): the last checkpoint of a persistent home
     // writes the pages, and a temporary home is removed anyway.
@@ -1107,6 +1159,7 @@ class registry {
     }
     if (recover) {
       lease->write_epoch(++epoch, true);
+      retire_regions(loc.home);
       env = std::make_shared<environment>(lease, o, true, epoch);
       lease->write_epoch(epoch, false);
     }
