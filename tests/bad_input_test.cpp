@@ -98,6 +98,25 @@ TEST(type_mismatch, another_enum_with_the_same_underlying_type) {
   EXPECT_EQ((ipc::shared_dict<std::string, color>{o}.get("sky")), color::green);
 }
 
+std::string raw_put(const std::string& home, const std::string& name, const std::string& key,
+                    const std::string& bytes, const char* subdb = "data");
+
+TEST(type_mismatch, an_enum_dict_described_before_enum_tags_named_the_enum_still_opens) {
+  temp_dir dir;
+  const auto o = options_for(dir.file("home"), true);
+  { ipc::shared_dict<std::string, color>{o}.set("sky", color::green); }
+  // The description as smisk-ipc wrote it before enum tags named the enum.
+  const std::string earlier = "smisk-ipc 1\nkey str\nvalue enum:i32\nmethod hash\n";
+  EXPECT_TRUE(all_ok(
+      run_child([&] { ASSERT_EQ(raw_put(o.homedir, o.name, "format", earlier, "meta"), ""); })));
+  ipc::shared_dict<std::string, color> again{o};  // opens, and upgrades the description
+  EXPECT_EQ(again.get("sky"), color::green);
+  EXPECT_TRUE(all_ok(run_child([&] {
+    EXPECT_THROW((void)(ipc::shared_dict<std::string, fruit>{o}), ipc::type_mismatch);
+    EXPECT_EQ((ipc::shared_dict<std::string, color>{o}.get("sky")), color::green);
+  })));
+}
+
 // ---------------------------------------------------------------------------
 // Corrupt stored bytes
 
@@ -105,7 +124,7 @@ TEST(type_mismatch, another_enum_with_the_same_underlying_type) {
 // bytes, through the Berkeley DB C API, from a separate process that joins the environment the
 // library created, as a foreign program would. Returns "" or what failed.
 std::string raw_put(const std::string& home, const std::string& name, const std::string& key,
-                    const std::string& bytes) {
+                    const std::string& bytes, const char* subdb) {
   DB_ENV* env = nullptr;
   DB* db = nullptr;
   std::string failure;
@@ -119,8 +138,8 @@ std::string raw_put(const std::string& home, const std::string& name, const std:
     env->get_open_flags(env, &env_flags);
     const u_int32_t auto_commit = (env_flags & DB_INIT_TXN) ? DB_AUTO_COMMIT : 0;
     if (check(db_create(&db, env, 0), "db_create") &&
-        check(db->open(db, nullptr, name.c_str(), "data", DB_UNKNOWN, auto_commit, 0),
-              "DB->open(data)")) {
+        check(db->open(db, nullptr, name.c_str(), subdb, DB_UNKNOWN, auto_commit, 0),
+              "DB->open(sub-database)")) {
       DBT k{};
       DBT v{};
       k.data = const_cast<char*>(key.data());

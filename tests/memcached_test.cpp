@@ -233,6 +233,29 @@ TEST(memcached_values, a_larger_configured_limit_is_honoured) {
   EXPECT_THROW(d.set("k", std::string(5 << 20, 'x')), ipc::size_error);
 }
 
+enum class color : std::int32_t { red, green };
+enum class fruit : std::int32_t { apple, pear };
+
+TEST(memcached_values, a_namespace_described_before_enum_tags_named_the_enum_still_opens) {
+  SMISK_TEST_FIXTURE_NODE(node);
+  const auto o = options_for(node, "legacy");
+  const int port = std::stoi(node.substr(node.rfind(':') + 1));
+  // The type description as smisk-ipc wrote it before enum tags named the enum.
+  const std::string earlier = "smisk-ipc 1\nstr\nenum:i32";
+  const std::string reply = mc::raw_request(
+      port,
+      "set " + o.name + ":meta 0 0 " + std::to_string(earlier.size()) + "\r\n" + earlier + "\r\n",
+      "\r\n");
+  ASSERT_EQ(reply, "STORED\r\n");
+  ipc::memcached::shared_dict<std::string, color> d(o);  // opens, and upgrades the description
+  const std::string stored = mc::raw_request(port, "get " + o.name + ":meta\r\n", "END\r\n");
+  EXPECT_NE(stored.find("enum:i32:"), std::string::npos) << stored;
+  d.set("sky", color::green);
+  EXPECT_EQ(d.get("sky"), color::green);
+  EXPECT_THROW((ipc::memcached::shared_dict<std::string, fruit>(o)), ipc::type_mismatch);
+  EXPECT_THROW((ipc::memcached::shared_dict<std::string, std::int32_t>(o)), ipc::type_mismatch);
+}
+
 TEST(memcached_values, counters_are_plain_decimal_text_on_the_server) {
   SMISK_TEST_FIXTURE_NODE(node);
   ipc::memcached::shared_dict<std::string, std::int64_t> d(options_for(node, "text"));

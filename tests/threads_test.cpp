@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <map>
 #include <optional>
@@ -179,6 +180,32 @@ TEST(threads, threads_open_use_and_close_dicts_of_one_home_at_once) {
   EXPECT_EQ(errors.load(), 0);
   EXPECT_EQ(keep.get("total"), kThreads * kRounds * kOpsPerRound);
   EXPECT_EQ(str_dict{temp_options(dir, "notes")}.size(), static_cast<std::size_t>(kThreads * 7));
+}
+
+TEST(threads, a_busy_key_is_retried_16_times_then_waited_for) {
+  // A read-modify-write does not queue for a lock another transaction holds at first: it fails
+  // at once and is retried (counted in lock_conflicts), 16 times, and then it waits in the lock
+  // queue like any transaction (no more conflicts however long the holder takes).
+  temp_dir dir;
+  int_dict d{temp_options(dir, "dict")};
+  d.set("k", 0);
+  std::atomic<bool> inside{false};
+  std::thread holder([&] {
+    d.update("k", [&](std::optional<std::int64_t> v) {
+      inside = true;  // the key's write lock is held while this runs
+      std::this_thread::sleep_for(std::chrono::milliseconds(400));
+      return v.value_or(0) + 100;
+    });
+  });
+  while (!inside) std::this_thread::yield();
+  const auto before = ipc::bsddb::stats();
+  const std::int64_t result = d.increment("k");  // waits for the holder
+  const auto after = ipc::bsddb::stats();
+  holder.join();
+  EXPECT_EQ(result, 101);
+  EXPECT_EQ(d.get("k"), 101);
+  EXPECT_EQ(after.lock_conflicts - before.lock_conflicts, 16u);
+  EXPECT_EQ(after.deadlock_retries, before.deadlock_retries);
 }
 
 TEST(threads, fork_while_other_threads_use_the_dict) {

@@ -130,8 +130,7 @@ class backend {
   /// the waiter queued for it, so under contention every queued update costs a cross-process
   /// wake-up (about 40k updates/s of one key on two cores); retrying instead lets the process
   /// that already runs take the lock again (several times faster, see bench/ and the README).
-  /// After nowait_attempts conflicts in a row the transaction waits in the queue, so no caller
-  /// starves.
+  /// After nowait_attempts tries the transaction waits in the queue, so no caller starves.
   template <class F>
   void modify(std::string_view key, F&& step) {
     DBT k = detail::bdb::make_dbt(key);

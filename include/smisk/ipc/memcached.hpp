@@ -587,7 +587,19 @@ class backend {
         }
         fail_retried(h, rc, first_rc, first_errno, node, "get");
       }
-      if (have_tag && tag != type_tag_) throw_type_mismatch(tag);
+      if (have_tag && tag != type_tag_) {
+        // Written before enum tags named the enum: upgraded (cas) to the current description.
+        const std::string legacy = detail::without_enum_names(type_tag_);
+        if (legacy == type_tag_ || tag != legacy) throw_type_mismatch(tag);
+        rc = attempt(h, node, "cas", [&] {
+          return memcached_cas_by_key(h, group.data(), group.size(), meta_key_.data(),
+                                      meta_key_.size(), type_tag_.data(), type_tag_.size(), 0,
+                                      live_flags, tag_item.cas);
+        });
+        if (rc != MEMCACHED_SUCCESS && rc != MEMCACHED_DATA_EXISTS && rc != MEMCACHED_NOTFOUND)
+          fail(h, rc, node, "cas");
+        continue;  // re-read
+      }
       if (!have_tag) {
         rc = attempt(h, node, "add", [&] {
           return memcached_add_by_key(h, group.data(), group.size(), meta_key_.data(),

@@ -28,6 +28,7 @@
 #include <utility>
 #include <vector>
 
+#include "../codec.hpp"
 #include "../error.hpp"
 #include "posix.hpp"
 #include "robust_mutex.hpp"
@@ -787,8 +788,8 @@ class environment {
 /// succeeds, so the handle is dropped before the call.
 class transaction {
  public:
-  /// `flags`: txn_begin's, e.g. DB_TXN_NOWAIT (a lock conflict fails at once with
-  /// DB_LOCK_NOTGRANTED instead of queueing behind the holder).
+  /// `flags`: txn_begin's, e.g. DB_TXN_NOWAIT (a lock conflict fails at once, with
+  /// DB_LOCK_DEADLOCK, instead of queueing behind the holder).
   explicit transaction(DB_ENV* env, u_int32_t flags = 0) : env_(env) {
     int rc =
         robust::call_guarded(env_, [&] { return env_->txn_begin(env_, nullptr, &txn_, flags); });
@@ -870,6 +871,10 @@ class database {
     // A broken environment's handle is left behind, not closed: see environment::release_broken.
     if (env_->broken()) return;
     const bool entered = env_->enter();
+    // The log buffer goes to the OS first: with durability none, commits do not write it, and the
+    // pages are not flushed here either.
+    DB_ENV* e = env_->handle();
+    robust::call_guarded(e, [e] { return e->log_flush(e, nullptr); });
     // Without flushing the file (see check_types): the last checkpoint of a persistent home
     // writes the pages, and a temporary home is removed anyway.
     robust::call_guarded(env_->handle(), [this] { return db_->close(db_, DB_NOSYNC); });
@@ -920,13 +925,17 @@ class database {
       if (rc == 0) {
         std::string stored(static_cast<const char*>(v.data), v.size);
         std::free(v.data);
-        if (stored != wanted)
+        if (stored == wanted) return;
+        const std::string legacy = without_enum_names(wanted);
+        if (legacy == wanted || stored != legacy)
           throw type_mismatch("smisk::ipc: the dict " + env_->lease().home() + "/" + name +
                               " was created as\n" + stored + "and is now opened as\n" + wanted);
-        return;
+        // Written before enum tags named the enum: upgraded to the current description.
+      } else if (is_retryable(rc)) {
+        continue;
+      } else if (rc != DB_NOTFOUND) {
+        raise("DB->get", rc, "meta");
       }
-      if (is_retryable(rc)) continue;
-      if (rc != DB_NOTFOUND) raise("DB->get", rc, "meta");
       DBT w = make_dbt(wanted);
       rc = robust::call_guarded(e, [&] { return meta->put(meta, txn.get(), &k, &w, 0); });
       if (rc == 0) rc = txn.commit();
