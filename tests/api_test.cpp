@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -116,33 +117,51 @@ TEST(bsddb, every_spelling_of_a_home_shares_one_engine) {
     EXPECT_EQ(again.backend().env_handle(), engine) << home;
     EXPECT_EQ(open(home, "a").at("k"), 1) << home;
   }
-  char cwd[4096];
-  ASSERT_NE(::getcwd(cwd, sizeof cwd), nullptr);
-  ASSERT_EQ(::chdir(dir.path().c_str()), 0);
-  auto relative = open("h", "c");
-  ASSERT_EQ(::chdir(cwd), 0);
-  EXPECT_EQ(relative.backend().env_handle(), engine);
+  {
+    struct cwd_guard {
+      char old[4096] = {};
+      cwd_guard() {
+        if (::getcwd(old, sizeof old) == nullptr) old[0] = '\0';
+      }
+      ~cwd_guard() {
+        if (old[0] != '\0' && ::chdir(old) != 0) std::abort();
+      }
+    } back;
+    ASSERT_NE(back.old[0], '\0');
+    ASSERT_EQ(::chdir(dir.path().c_str()), 0);
+    auto relative = open("h", "c");
+    EXPECT_EQ(relative.backend().env_handle(), engine);
+  }
   // Another home is another engine.
   ASSERT_EQ(::mkdir(dir.file("other").c_str(), 0700), 0);
   EXPECT_NE(open(dir.file("other"), "a").backend().env_handle(), engine);
 }
 
 TEST(bsddb, mode_applies_to_the_files_created) {
+  // With no umask in the way: the default 0600, and a mode no default would give.
+  struct umask_guard {
+    mode_t old = ::umask(0);
+    ~umask_guard() { ::umask(old); }
+  } no_umask;
   smisk_test::temp_dir dir;
-  const mode_t old_umask = ::umask(022);
-  for (mode_t mode : {mode_t{0600}, mode_t{0640}}) {
+  for (mode_t mode : {mode_t{0600}, mode_t{0604}}) {
     ipc::bsddb::options o;
-    o.homedir = dir.file(mode == 0600 ? "default" : "group");
+    o.homedir = dir.file(mode == 0600 ? "default" : "other");
     o.name = "d";
     o.persistent = true;
     if (mode != 0600) o.mode = mode;
     ipc::shared_dict<std::string, int> d(o);
     d.set("k", 1);
-    struct stat st {};
-    ASSERT_EQ(::stat((o.homedir + "/d").c_str(), &st), 0);
-    EXPECT_EQ(st.st_mode & 07777, mode) << o.homedir;
+    d.sync();
+    // Every file of the home: the database, the regions, the log, the lock file, the manifest.
+    const auto files = smisk_test::list_dir(o.homedir);
+    EXPECT_GE(files.size(), 5u) << smisk_test::describe_dir(o.homedir);
+    for (const auto& name : files) {
+      struct stat st {};
+      ASSERT_EQ(::stat((o.homedir + "/" + name).c_str(), &st), 0) << name;
+      EXPECT_EQ(st.st_mode & 07777, mode) << o.homedir << "/" << name;
+    }
   }
-  ::umask(old_umask);
 }
 
 TEST(bsddb, cache_size_is_the_engine_cache) {
