@@ -1273,6 +1273,17 @@ TEST_P(deadlock_storm, many_processes_and_threads_on_few_keys_see_no_error) {
   EXPECT_EQ(sh->torn.load(), 0) << "torn values, first: " << sh->first_torn;
   EXPECT_EQ(counter, sh->acked_increments.load()) << "increments lost or duplicated";
   EXPECT_GT(sh->ops.load(), 1000) << "the storm barely ran";
+  {
+    // The storm must really contend: busy keys retried (lock_conflicts) and deadlocks broken by
+    // the detector (deadlock_retries, from the plain writes and the transactions that queue).
+    std::int64_t conflicts = 0, deadlocks = 0;
+    for (int i = 0; i < kStatCount; ++i) {
+      if (std::strcmp(kStatNames[i], "lock_conflicts") == 0) conflicts = sh->stats.value[i].load();
+      if (std::strcmp(kStatNames[i], "deadlock_retries") == 0)
+        deadlocks = sh->stats.value[i].load();
+    }
+    EXPECT_GT(conflicts + deadlocks, 1000) << "the storm saw almost no contention";
+  }
   std::size_t bad = 0;
   for (const auto& [k, v] : strings->items())
     if (!storm_value_ok(v)) ++bad;
