@@ -180,8 +180,7 @@ class backend {
     auto lease = pool_->acquire();
     memcached_st* h = lease.get();
     located k = locate(h, key);
-    memcached_return_t first_rc = MEMCACHED_SUCCESS;
-    int first_errno = 0;
+    repeat_once once;
     for (unsigned round = 0;; ++round) {
       if (round == max_rounds) give_up(k.node);
       std::uint64_t generation = generations_[k.node].load(std::memory_order_relaxed);
@@ -193,14 +192,8 @@ class backend {
       fetched seen, unused;
       if (rc == MEMCACHED_SUCCESS) rc = fetch(h, k.group, gen_key_, std::string(), seen, unused);
       if (rc != MEMCACHED_SUCCESS) {
-        // As in read(): a pooled connection to a restarted node fails once. A set is safe to
-        // repeat.
-        if (first_rc == MEMCACHED_SUCCESS && detail::mc::is_broken_connection(rc)) {
-          first_rc = rc;
-          first_errno = memcached_last_error_errno(h);
-          continue;
-        }
-        fail_retried(h, rc, first_rc, first_errno, k.node, "set");
+        if (once.again(h, rc)) continue;  // a set is safe to repeat
+        fail_retried(h, rc, once.first_rc, once.first_errno, k.node, "set");
       }
       if (!seen.present) {  // the node lost the namespace's records: recreate, write again
         prepare_node(h, k.node, k.group, true);
@@ -450,6 +443,21 @@ class backend {
     if (found.smallest != 0 && found.smallest < max_item_size_) max_item_size_ = found.smallest;
   }
 
+  /// The rule of calls that are safe to repeat: a pooled connection to a node that restarted
+  /// fails once (libmemcached has closed it, and the retry connects anew), so the first
+  /// broken-connection failure is retried; any other failure, or a second one, is reported.
+  struct repeat_once {
+    memcached_return_t first_rc = MEMCACHED_SUCCESS;
+    int first_errno = 0;
+    /// @returns true if the call should be made again.
+    bool again(const memcached_st* h, memcached_return_t rc) noexcept {
+      if (first_rc != MEMCACHED_SUCCESS || !detail::mc::is_broken_connection(rc)) return false;
+      first_rc = rc;
+      first_errno = memcached_last_error_errno(h);
+      return true;
+    }
+  };
+
   /// One item of a fetch.
   struct fetched {
     bool present = false;
@@ -501,8 +509,7 @@ class backend {
   snapshot read(memcached_st* h, const located& k, bool want_item) const {
     snapshot s;
     fetched generation, item;
-    memcached_return_t first_rc = MEMCACHED_SUCCESS;
-    int first_errno = 0;
+    repeat_once once;
     for (unsigned round = 0;; ++round) {
       if (round == max_rounds) give_up(k.node);
       pool_->check_node(k.node);
@@ -510,14 +517,8 @@ class backend {
       const std::string item_name = want_item && guess != 0 ? item_key(k, guess) : std::string();
       memcached_return_t rc = fetch(h, k.group, gen_key_, item_name, generation, item);
       if (rc != MEMCACHED_SUCCESS) {
-        // A pooled connection to a node that restarted fails once; libmemcached has closed it,
-        // and the retry connects anew. Reads are safe to repeat.
-        if (first_rc == MEMCACHED_SUCCESS && detail::mc::is_broken_connection(rc)) {
-          first_rc = rc;
-          first_errno = memcached_last_error_errno(h);
-          continue;
-        }
-        fail_retried(h, rc, first_rc, first_errno, k.node, "get");
+        if (once.again(h, rc)) continue;  // reads are safe to repeat
+        fail_retried(h, rc, once.first_rc, once.first_errno, k.node, "get");
       }
       if (!generation.present) {
         prepare_node(h, k.node, k.group, false);
@@ -568,8 +569,7 @@ class backend {
   /// Makes sure the node has the namespace's type tag (checking it against ours) and a
   /// generation. With `learn`, also reads the generation into the cache.
   void prepare_node(memcached_st* h, std::size_t node, std::string_view group, bool learn) const {
-    memcached_return_t first_rc = MEMCACHED_SUCCESS;
-    int first_errno = 0;
+    repeat_once once;
     for (unsigned round = 0;; ++round) {
       if (round == max_rounds) give_up(node);
       pool_->check_node(node);
@@ -580,12 +580,8 @@ class backend {
       const std::string& tag = tag_item.value;
       const std::string& generation = generation_item.value;
       if (rc != MEMCACHED_SUCCESS) {
-        if (first_rc == MEMCACHED_SUCCESS && detail::mc::is_broken_connection(rc)) {
-          first_rc = rc;  // a stale pooled connection, as in read()
-          first_errno = memcached_last_error_errno(h);
-          continue;
-        }
-        fail_retried(h, rc, first_rc, first_errno, node, "get");
+        if (once.again(h, rc)) continue;
+        fail_retried(h, rc, once.first_rc, once.first_errno, node, "get");
       }
       if (have_tag && tag != type_tag_) {
         // Written before enum tags named the enum: upgraded (cas) to the current description.
