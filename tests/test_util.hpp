@@ -614,6 +614,7 @@ class watchdog {
  public:
   watchdog(std::chrono::milliseconds limit, std::string what)
       : what_(std::move(what)), owner_(::getpid()), thread_([this, limit] {
+          started_.store(true);
           std::unique_lock<std::mutex> lock(mutex_);
           if (!cv_.wait_for(lock, limit, [this] { return disarmed_; })) {
             std::fprintf(stderr, "\nWATCHDOG: %s did not finish within %lld ms; aborting test\n",
@@ -623,7 +624,11 @@ class watchdog {
             if (::getpid() == owner_) detail::live_temp_dirs::instance().remove_all_trees();
             ::_exit(124);
           }
-        }) {}
+        }) {
+    // Returns once the thread runs: a fork() right after must not catch its start-up inside
+    // the allocator (GCC 12's ASan does not lock the allocator around fork()).
+    while (!started_.load()) std::this_thread::yield();
+  }
   ~watchdog() {
     {
       std::lock_guard<std::mutex> lock(mutex_);
@@ -641,6 +646,7 @@ class watchdog {
   std::mutex mutex_;
   std::condition_variable cv_;
   bool disarmed_ = false;
+  std::atomic<bool> started_{false};
   std::thread thread_;
 };
 

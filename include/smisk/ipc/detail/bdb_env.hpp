@@ -517,7 +517,7 @@ class environment {
     robust::for_each_region(home_.c_str(), [this](std::uintptr_t lo, std::uintptr_t hi) {
       checkpoints_->regions.emplace_back(lo, hi);
     });
-    watchdog_ = std::thread([this] {
+    watchdog_ = start_library_thread([this] {
       block_signals_in_this_thread();
       watch();
     });
@@ -667,8 +667,11 @@ class environment {
       if (run) {
         state->inside = true;
         lock.unlock();
-        const int rc = robust::call_guarded(
-            env, [&] { return env->txn_checkpoint(env, last ? 0 : 1024, 0, 0); });
+        const int rc = [&] {
+          library_work working;
+          return robust::call_guarded(
+              env, [&] { return env->txn_checkpoint(env, last ? 0 : 1024, 0, 0); });
+        }();
         if (rc == 0) stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
         if (rc == DB_RUNRECOVERY) state->abort_waits();
         lock.lock();
@@ -687,7 +690,8 @@ class environment {
   void start_checkpointer_locked() noexcept {
     if (checkpointer_.joinable()) return;
     try {
-      checkpointer_ = std::thread(&checkpoint_loop, checkpoints_, env_);
+      checkpointer_ =
+          start_library_thread([state = checkpoints_, env = env_] { checkpoint_loop(state, env); });
     } catch (...) {
       // No thread: no background checkpoints (logs are kept until one succeeds).
     }
@@ -734,6 +738,7 @@ class environment {
     std::unique_lock<std::mutex> lock(watch_mutex_);
     while (!watch_cv_.wait_for(lock, watch_interval, [this] { return stopping_; })) {
       if (broken()) continue;  // recover() takes it from here
+      library_work working;
       // failchk only when an operation of this process has made no progress for a whole
       // interval (it may be waiting for a dead process), and every few seconds regardless.
       // Running it all the time would cost CPU, and a process that exits (_exit) while its

@@ -15,6 +15,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "../error.hpp"
@@ -31,10 +33,64 @@ inline std::atomic<unsigned>& fork_generation_counter() noexcept {
   static std::atomic<unsigned> counter{0};
   return counter;
 }
-inline void on_fork_child() noexcept { fork_generation_counter().fetch_add(1); }
+
+/// Under AddressSanitizer, fork() waits until the library's own threads (watchdog, checkpoint
+/// thread) are between two pieces of work. GCC 12's libasan does not lock its allocator around
+/// fork(), so a fork while another thread is inside malloc leaves the child's allocator locked
+/// for ever (a forked child then hangs at its first allocation). The library's threads hold this
+/// lock shared while they work; fork() takes it exclusively. Without ASan, glibc's malloc is
+/// fork-safe and nothing waits.
+#if defined(__SANITIZE_ADDRESS__)
+inline constexpr bool fork_waits_for_library_threads = true;
+#else
+inline constexpr bool fork_waits_for_library_threads = false;
+#endif
+inline pthread_rwlock_t& library_threads_gate() noexcept {
+  static pthread_rwlock_t gate = PTHREAD_RWLOCK_INITIALIZER;
+  return gate;
+}
+/// Held by a library thread while it works (a no-op without ASan).
+class library_work {
+ public:
+  library_work() noexcept {
+    if constexpr (fork_waits_for_library_threads) ::pthread_rwlock_rdlock(&library_threads_gate());
+  }
+  ~library_work() {
+    if constexpr (fork_waits_for_library_threads) ::pthread_rwlock_unlock(&library_threads_gate());
+  }
+  library_work(const library_work&) = delete;
+  library_work& operator=(const library_work&) = delete;
+};
+
+/// Starts a library thread and returns once it runs its own code: a thread's start-up
+/// allocates (under ASan, inside its allocator), and a fork() from the creating thread right after
+/// must not catch it there (see fork_waits_for_library_threads).
+template <class F>
+std::thread start_library_thread(F&& body) {
+  std::atomic<bool> running{false};
+  std::thread t([&running, body = std::forward<F>(body)]() mutable {
+    running.store(true, std::memory_order_release);  // the last use of `running`
+    body();
+  });
+  while (!running.load(std::memory_order_acquire)) std::this_thread::yield();
+  return t;
+}
+
+inline void on_fork_prepare() noexcept {
+  if constexpr (fork_waits_for_library_threads) ::pthread_rwlock_wrlock(&library_threads_gate());
+}
+inline void on_fork_parent() noexcept {
+  if constexpr (fork_waits_for_library_threads) ::pthread_rwlock_unlock(&library_threads_gate());
+}
+inline void on_fork_child() noexcept {
+  // The child's only thread is not the parent's writer (another thread id): a fresh lock.
+  if constexpr (fork_waits_for_library_threads)
+    (void)::pthread_rwlock_init(&library_threads_gate(), nullptr);
+  fork_generation_counter().fetch_add(1);
+}
 inline unsigned fork_generation() noexcept {
   static const bool registered = [] {
-    ::pthread_atfork(nullptr, nullptr, &on_fork_child);
+    ::pthread_atfork(&on_fork_prepare, &on_fork_parent, &on_fork_child);
     return true;
   }();
   (void)registered;
