@@ -53,7 +53,12 @@ if step "configure build-asan" cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug
   # multi-threaded test process ("Running thread ... was not suspended"): the fork tests then
   # time out after 60 s. Leak checking is off here; ASan's memory errors and UBSan stay on.
   export ASAN_OPTIONS="detect_leaks=0"
-  step "ctest build-asan" ctest --test-dir build-asan --output-on-failure -j2 -LE 'chaos_long|crash'
+  # GCC 12's libasan does not lock its allocator around fork(): a child forked while another
+  # thread of the parent is inside malloc hangs at its first allocation. The library keeps its own
+  # threads out of the way (see detail/posix.hpp), but threads_test's fork_while_other_threads
+  # forks while the test's own threads allocate, so it can only run in the release build.
+  step "ctest build-asan" ctest --test-dir build-asan --output-on-failure -j2 -LE 'chaos_long|crash' \
+    -E 'fork_while_other_threads'
   # The crash tests under the sanitizers too (each alone; a failure is retried once, as above).
   step "ctest build-asan (crash)" ctest --test-dir build-asan --output-on-failure -L crash \
     -LE chaos_long --repeat until-pass:2
