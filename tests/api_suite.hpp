@@ -4,6 +4,7 @@
 //   INSTANTIATE_TYPED_TEST_SUITE_P(my_backend, api, ::testing::Types<my_store>);
 #pragma once
 #include <cstdint>
+#include <limits>
 #include <map>
 #include <set>
 #include <string>
@@ -165,6 +166,57 @@ TYPED_TEST_P(api, increment_arithmetic_values) {
   EXPECT_EQ(u.increment(7, 4000000000u), 4000000001u);
 }
 
+TYPED_TEST_P(api, increment_at_the_limits_of_the_type) {
+  // Signed integers: going past the range is an overflow_error, and the value stays.
+  auto i = this->template open<std::string, std::int64_t>("i64");
+  constexpr std::int64_t max64 = std::numeric_limits<std::int64_t>::max();
+  constexpr std::int64_t min64 = std::numeric_limits<std::int64_t>::min();
+  i.set("top", max64 - 1);
+  EXPECT_EQ(i.increment("top"), max64);
+  EXPECT_THROW(i.increment("top"), ipc::overflow_error);
+  EXPECT_THROW(i.increment("top", max64), ipc::overflow_error);
+  EXPECT_EQ(i.at("top"), max64);
+  EXPECT_EQ(i.increment("top", -max64), 0);
+  i.set("bottom", min64 + 1);
+  EXPECT_EQ(i.increment("bottom", -1), min64);
+  EXPECT_THROW(i.increment("bottom", -1), ipc::overflow_error);
+  EXPECT_EQ(i.at("bottom"), min64);
+  EXPECT_EQ(i.increment("bottom", max64), -1);
+
+  // Negative values and deltas, and keys that were erased.
+  i.set("n", -5);
+  EXPECT_EQ(i.increment("n", 3), -2);
+  EXPECT_EQ(i.increment("n", 2), 0);
+  EXPECT_EQ(i.increment("n", 7), 7);
+  EXPECT_EQ(i.increment("n", -10), -3);
+  EXPECT_TRUE(i.erase("n"));
+  EXPECT_EQ(i.increment("n"), 1);
+  EXPECT_EQ(i.pop("n"), 1);
+  EXPECT_EQ(i.increment("n", 4), 4);
+  EXPECT_EQ(i.increment("n", 0), 4);
+
+  auto small = this->template open<std::string, std::int32_t>("i32");
+  small.set("top", std::numeric_limits<std::int32_t>::max());
+  EXPECT_THROW(small.increment("top"), ipc::overflow_error);
+  EXPECT_EQ(small.at("top"), std::numeric_limits<std::int32_t>::max());
+
+  // Unsigned integers wrap around, as in C++, and are stored as plain digits afterwards.
+  auto u = this->template open<std::string, std::uint64_t>("u64");
+  constexpr std::uint64_t umax = std::numeric_limits<std::uint64_t>::max();
+  u.set("top", umax);
+  EXPECT_EQ(u.increment("top"), 0u);
+  EXPECT_EQ(u.at("top"), 0u);
+  EXPECT_EQ(u.increment("top", 5), 5u);
+  u.set("top", umax - 1);
+  EXPECT_EQ(u.increment("top", 3), 1u);
+  EXPECT_EQ(u.at("top"), 1u);
+  EXPECT_EQ(u.increment("top", umax), 0u);
+  auto byte = this->template open<std::string, std::uint8_t>("u8");
+  byte.set("x", 250);
+  EXPECT_EQ(byte.increment("x", 10), 4);
+  EXPECT_EQ(byte.at("x"), 4);
+}
+
 TYPED_TEST_P(api, compare_exchange) {
   auto d = this->template open<std::string, std::int64_t>();
   EXPECT_FALSE(d.compare_exchange("k", std::int64_t{1}, 2));  // absent, expected a value
@@ -308,8 +360,9 @@ TYPED_TEST_P(api, key_and_value_types) {
 
 REGISTER_TYPED_TEST_SUITE_P(api, get_set_and_fallbacks, key_error_is_an_ipc_error, bracket_sugar,
                             insert_setdefault_erase_pop, update_is_read_modify_write,
-                            increment_arithmetic_values, compare_exchange, set_many_from_any_range,
-                            whole_dict, handles_share_one_store, other_types_are_a_type_mismatch,
+                            increment_arithmetic_values, increment_at_the_limits_of_the_type,
+                            compare_exchange, set_many_from_any_range, whole_dict,
+                            handles_share_one_store, other_types_are_a_type_mismatch,
                             key_and_value_types);
 
 }  // namespace api_suite

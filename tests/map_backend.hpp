@@ -3,6 +3,7 @@
 // new engine: tests/api_test.cpp runs the same typed suite on it as on Berkeley DB.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include <smisk/ipc/backend.hpp>
+#include <smisk/ipc/codec.hpp>
 #include <smisk/ipc/error.hpp>
 
 namespace smisk_test {
@@ -80,6 +82,24 @@ class map_backend {
   }
   void sync() {}
 
+  // Optional: a counter the engine adds to itself (shared_dict::increment uses it for 64-bit
+  // integers), written the way memcached's incr behaves: unsigned decimal text, modulo 2^64.
+  bool increment(std::string_view key, std::uint64_t delta, std::uint64_t& result) {
+    std::lock_guard<std::mutex> lock(store_->mutex);
+    ++store_->native_increments;
+    auto it = store_->data.find(std::string(key));
+    std::uint64_t n = 0;
+    if (it != store_->data.end() && !smisk::ipc::detail::parse_unsigned(it->second, n))
+      return false;
+    result = n + delta;
+    store_->data[std::string(key)] = std::to_string(result);
+    return true;
+  }
+  [[nodiscard]] long native_increments() const {
+    std::lock_guard<std::mutex> lock(store_->mutex);
+    return store_->native_increments;
+  }
+
   template <class F>
   void for_each(F&& fn) const {
     std::vector<std::pair<std::string, std::string>> copy;
@@ -103,6 +123,7 @@ class map_backend {
     std::mutex mutex;
     std::string types;
     std::map<std::string, std::string> data;
+    long native_increments = 0;
   };
   static std::shared_ptr<store> store_named(const std::string& name) {
     static std::mutex mutex;

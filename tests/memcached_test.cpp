@@ -8,6 +8,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <set>
 #include <string>
 #include <thread>
@@ -267,6 +268,50 @@ TEST(memcached_values, counters_are_plain_decimal_text_on_the_server) {
   EXPECT_EQ(reply, "VALUE " + item + " 0 2\r\n42\r\nEND\r\n");
 }
 
+TEST(memcached_values, integer_counters_are_added_to_by_the_server_itself) {
+  // 64-bit integer counters use memcached's incr (add for the first one), never gets + cas; the
+  // server's own statistics show which commands reached it.
+  mc::server own;
+  ipc::memcached::shared_dict<std::string, std::int64_t> d(options_for(own.node(), "incr"));
+  auto count = [&](const char* stat) { return std::stol(mc::stats(own.port()).at(stat)); };
+  const long cas_before = count("cas_hits") + count("cas_misses") + count("cas_badval");
+  for (int i = 1; i <= 100; ++i) ASSERT_EQ(d.increment("hits"), i);
+  EXPECT_EQ(d.increment("hits", 900), 1000);
+  EXPECT_EQ(count("incr_misses"), 1);  // the first one found no item and added it
+  EXPECT_EQ(count("incr_hits"), 100);
+  EXPECT_EQ(count("cas_hits") + count("cas_misses") + count("cas_badval"), cas_before);
+
+  // A negative number is no counter of memcached's: gets + cas instead (and incr again later).
+  d.set("hits", -3);
+  EXPECT_EQ(d.increment("hits", 5), 2);
+  EXPECT_EQ(count("cas_hits"), 1);
+  EXPECT_EQ(d.increment("hits"), 3);
+  EXPECT_EQ(count("incr_hits"), 101);  // the incr refused on "-3" is no hit
+
+  // With a ttl, incr would not renew the expiry: gets + cas.
+  auto expiring = options_for(own.node(), "incr.ttl");
+  expiring.ttl = 600s;
+  ipc::memcached::shared_dict<std::string, std::int64_t> e(expiring);
+  const long incr_before = count("incr_hits") + count("incr_misses");
+  EXPECT_EQ(e.increment("hits"), 1);
+  EXPECT_EQ(e.increment("hits"), 2);
+  EXPECT_EQ(count("incr_hits") + count("incr_misses"), incr_before);
+}
+
+TEST(memcached_values, a_counter_that_wrapped_is_stored_as_plain_digits) {
+  // memcached's incr keeps the length of a number and pads a shorter one with spaces: 2^64 - 1
+  // plus 1 would be stored as "0" and 19 spaces, which no reader could decode.
+  SMISK_TEST_FIXTURE_NODE(node);
+  ipc::memcached::shared_dict<std::string, std::uint64_t> d(options_for(node, "wrap"));
+  d.set("n", std::numeric_limits<std::uint64_t>::max());
+  EXPECT_EQ(d.increment("n", 2), 1u);
+  const std::string item = d.backend().item_key_of("n");
+  const int port = std::stoi(node.substr(node.rfind(':') + 1));
+  EXPECT_EQ(mc::raw_request(port, "get " + item + "\r\n", "END\r\n"),
+            "VALUE " + item + " 0 1\r\n1\r\nEND\r\n");
+  EXPECT_EQ(d.at("n"), 1u);
+}
+
 TEST(memcached_values, items_expire_after_the_ttl) {
   SMISK_TEST_FIXTURE_NODE(node);
   auto o = options_for(node, "ttl");
@@ -420,6 +465,23 @@ TEST(memcached_processes, a_set_after_another_process_cleared_is_not_lost) {
   EXPECT_EQ(fresh.get("k"), 2);
   EXPECT_EQ(fresh.get("other"), std::nullopt);
   EXPECT_EQ(d.get("k"), 2);
+}
+
+TEST(memcached_processes, an_increment_after_another_process_cleared_counts_from_zero) {
+  // The same for memcached's incr: under the stale generation it would add to the cleared
+  // counter and return 43; the read of the generation after it must catch that.
+  SMISK_TEST_FIXTURE_NODE(node);
+  const auto o = options_for(node, "stale.incr");
+  ipc::memcached::shared_dict<std::string, std::int64_t> d(o);
+  EXPECT_EQ(d.increment("hits", 42), 42);
+  auto pid = smisk_test::fork_child([&] {
+    ipc::memcached::shared_dict<std::string, std::int64_t> mine(o);
+    mine.clear();
+  });
+  ASSERT_TRUE(smisk_test::all_ok(smisk_test::wait_child(pid)));
+  EXPECT_EQ(d.increment("hits"), 1);
+  ipc::memcached::shared_dict<std::string, std::int64_t> fresh(o);
+  EXPECT_EQ(fresh.at("hits"), 1);
 }
 
 TEST(memcached_processes, threads_share_a_dict_without_losing_updates) {

@@ -32,10 +32,18 @@
 //     std::size_t count() const;
 //     bool empty() const;                                       // else count() == 0
 //     void clear();
+//     bool increment(std::string_view key, std::uint64_t delta, std::uint64_t& result);
+//         // a counter the engine adds to itself (memcached's incr): adds delta to the number
+//         // stored under key as unsigned decimal text (absent counts as 0), modulo 2^64, leaves
+//         // the canonical decimal text of the sum there and sets result to it. Returns false,
+//         // changing nothing, when the stored bytes are not such a number (a negative one, say);
+//         // shared_dict::increment then uses modify(). Worth having only when it is cheaper
+//         // than modify().
 //   };
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <string_view>
 #include <type_traits>
@@ -134,6 +142,13 @@ template <class B>
 struct has_clear<B, std::void_t<decltype(std::declval<B&>().clear())>> : std::true_type {};
 
 template <class B, class = void>
+struct has_increment : std::false_type {};
+template <class B>
+struct has_increment<B, std::void_t<decltype(bool{std::declval<B&>().increment(
+                            std::string_view{}, std::uint64_t{}, std::declval<std::uint64_t&>())})>>
+    : std::true_type {};
+
+template <class B, class = void>
 struct has_open_constructor : std::false_type {};
 template <class B>
 struct has_open_constructor<
@@ -148,6 +163,7 @@ struct backend_traits {
   static constexpr bool can_enumerate = detail::has_for_each<B>::value;
   static constexpr bool can_count = detail::has_count<B>::value;
   static constexpr bool can_clear = detail::has_clear<B>::value;
+  static constexpr bool can_increment = detail::has_increment<B>::value;
 };
 
 namespace detail {

@@ -207,6 +207,7 @@ struct codec<std::vector<signed char>> : detail::byte_vector_codec<std::vector<s
 template <class T>
 struct codec<T, std::enable_if_t<std::is_arithmetic_v<T>>> {
   static constexpr std::string_view name = detail::arithmetic_name<T>();
+  static constexpr bool smisk_ipc_decimal = true;  // the format an engine's own counter uses
   static void encode(T v, std::string& out) {
     if constexpr (std::is_same_v<T, bool>) {
       out.assign(1, v ? '1' : '0');
@@ -272,6 +273,19 @@ template <class T>
 T decode(std::string_view bytes) {
   return codec<T>::decode(bytes);
 }
+
+/// Parses `text` as the decimal digits of a uint64_t, and nothing else.
+inline bool parse_unsigned(std::string_view text, std::uint64_t& out) noexcept {
+  const char* end = text.data() + text.size();
+  auto r = std::from_chars(text.data(), end, out);
+  return !text.empty() && r.ec == std::errc() && r.ptr == end;
+}
+
+/// Whether T is stored by the built-in decimal codec of arithmetic types (not a user's own).
+template <class T, class = void>
+struct is_decimal_coded : std::false_type {};
+template <class T>
+struct is_decimal_coded<T, std::void_t<decltype(codec<T>::smisk_ipc_decimal)>> : std::true_type {};
 
 }  // namespace detail
 }  // namespace smisk::ipc

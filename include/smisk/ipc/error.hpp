@@ -54,6 +54,12 @@ class size_error : public error {
   using error::error;
 };
 
+/// increment() of a signed integer would go past the range of its type; nothing was changed.
+class overflow_error : public error {
+ public:
+  using error::error;
+};
+
 /// The engine failed (I/O error, out of space, a server that cannot be reached, ...).
 class engine_error : public error {
  public:

@@ -235,6 +235,59 @@ class backend {
     });
   }
 
+  /// A counter added to by memcached itself: `incr` (or `add` when the key is absent) under the
+  /// generation last seen on the key's node, then a read of the generation, which proves, as in
+  /// put(), that the change landed while that generation was current (else it is made again
+  /// under the new one; the first is invisible). Two round trips and never a conflict, where
+  /// gets + cas is two round trips retried whenever another client got in between.
+  ///
+  /// Returns false, changing nothing, when the stored bytes are not an unsigned decimal (a
+  /// negative number, an erased key's tombstone), and whenever options::ttl is set (incr does
+  /// not renew an item's expiry): shared_dict then uses modify().
+  bool increment(std::string_view key, std::uint64_t delta, std::uint64_t& result) {
+    if (ttl_.count() > 0) return false;
+    auto lease = pool_->acquire();
+    memcached_st* h = lease.get();
+    located k = locate(h, key);
+    std::string text;
+    repeat_once once;
+    for (unsigned round = 0;; ++round) {
+      if (round == max_rounds) give_up(k.node);
+      std::uint64_t generation = generations_[k.node].load(std::memory_order_relaxed);
+      if (generation == 0) generation = read(h, k, false).generation;
+      const std::string item = item_key(k, generation);
+      std::uint64_t sum = 0;
+      pool_->check_node(k.node);
+      memcached_return_t rc = memcached_increment_by_key(h, k.group.data(), k.group.size(),
+                                                         item.data(), item.size(), delta, &sum);
+      if (rc == MEMCACHED_NOTFOUND) {
+        text = std::to_string(delta);
+        rc = memcached_add_by_key(h, k.group.data(), k.group.size(), item.data(), item.size(),
+                                  text.data(), text.size(), 0, live_flags);
+        if (rc == MEMCACHED_NOTSTORED || rc == MEMCACHED_DATA_EXISTS) continue;  // added by another
+        sum = delta;
+      } else if (rc == MEMCACHED_CLIENT_ERROR) {
+        return false;  // "cannot increment or decrement non-numeric value"
+      }
+      if (rc != MEMCACHED_SUCCESS) {
+        // A pooled connection to a node that restarted fails at its first use. The change can
+        // be made again only if it cannot have landed where anyone will look: when the node's
+        // generation is no longer the one it was made under.
+        if (once.again(h, rc)) {
+          if (read(h, k, false).generation != generation) continue;
+          // The node is up and kept its generation: the incr may have landed. Say so; do not
+          // mark the node down.
+          detail::mc::raise(h, rc, "incr", pool_->node_name(k.node), once.first_errno);
+        }
+        fail_retried(h, rc, once.first_rc, once.first_errno, k.node, "incr");
+      }
+      if (read(h, k, false).generation != generation) continue;  // a clear() got in between
+      if (sum < delta) normalise_counter(key);  // wrapped past 2^64: memcached pads with spaces
+      result = sum;
+      return true;
+    }
+  }
+
   /// memcached keeps nothing on disk; a returned write is already on its node.
   void sync() {}
 
@@ -405,6 +458,18 @@ class backend {
     memcached_return_t rc = call();
     if (detail::mc::is_unavailable(rc)) fail(h, rc, node, origin);
     return rc;
+  }
+
+  /// memcached's incr keeps a number's length when it can, padding a shorter one with spaces:
+  /// after a wrap past 2^64 the counter is rewritten as plain digits (the same number).
+  void normalise_counter(std::string_view key) {
+    update_item(key, [](const snapshot& s, std::string& out) {
+      if (!s.live()) return modify_action::keep;
+      const std::size_t digits = s.value.find_last_not_of(' ') + 1;
+      if (digits == s.value.size() || digits == 0) return modify_action::keep;
+      out.assign(s.value, 0, digits);
+      return modify_action::store;
+    });
   }
 
   /// memcached_set with noreply (the behaviour is switched on for this one call only).

@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -164,12 +166,45 @@ class shared_dict {
     return std::move(*result);
   }
 
-  /// Atomically adds `delta` to the stored number (absent counts as 0). @returns the new value.
+  /// Atomically adds `delta` to the stored number (absent counts as 0). Unsigned integers wrap
+  /// around, as in C++; a signed integer that would go past the range of its type is left
+  /// unchanged. On a backend with a counter of its own (memcached's incr), 64-bit integers are
+  /// added to by the engine itself when `delta` is not negative. @returns the new value.
+  /// @throws overflow_error if a signed integer would overflow; codec_error if the stored bytes
+  /// are not a V.
   V increment(const K& key, V delta = V(1)) {
     static_assert(std::is_arithmetic_v<V> && !std::is_same_v<V, bool>,
                   "smisk::ipc: increment() needs an arithmetic value type; use update() otherwise");
-    return update(key,
-                  [delta](std::optional<V> v) { return static_cast<V>(v.value_or(V(0)) + delta); });
+    if constexpr (native_increment) {
+      if (!(delta < V(0))) {
+        detail::encoded<K> k(key);
+        const auto d = static_cast<std::uint64_t>(delta);
+        std::uint64_t sum = 0;
+        if (backend_->increment(k.bytes(), d, sum)) {
+          if (sum <= static_cast<std::uint64_t>(std::numeric_limits<V>::max()))
+            return static_cast<V>(sum);
+          // A signed counter went past its maximum: take this call's delta back out.
+          backend_->modify(k.bytes(), [d](const std::string_view* current, std::string& out) {
+            std::uint64_t n = 0;
+            if (current == nullptr || !detail::parse_unsigned(*current, n))
+              return modify_action::keep;  // replaced meanwhile: nothing of this call is left
+            out = std::to_string(n - d);
+            return modify_action::store;
+          });
+          throw_overflow(delta);
+        }
+      }
+    }
+    return update(key, [delta](std::optional<V> v) {
+      const V current = v.value_or(V(0));
+      if constexpr (std::is_integral_v<V> && std::is_signed_v<V>) {
+        V sum;
+        if (__builtin_add_overflow(current, delta, &sum)) throw_overflow(delta);
+        return sum;
+      } else {
+        return static_cast<V>(current + delta);  // unsigned: modulo 2^N, as in C++
+      }
+    });
   }
 
   /// Stores `desired` if the stored value equals `expected` (nothing means "absent"). Values are
@@ -347,6 +382,21 @@ class shared_dict {
         "smisk::ipc: this backend cannot enumerate its keys (memcached, for one, has no "
         "way to list keys), so keys(), values(), items() and iteration are not available");
     if constexpr (backend_traits<Backend>::can_enumerate) backend_->for_each(fn);
+  }
+
+  /// Whether increment() lets the backend add to 64-bit integers itself.
+  static constexpr bool native_increment = [] {
+    if constexpr (std::is_integral_v<V> && !std::is_same_v<V, bool>)
+      return backend_traits<Backend>::can_increment && sizeof(V) == sizeof(std::uint64_t) &&
+             detail::is_decimal_coded<V>::value;
+    else
+      return false;
+  }();
+
+  [[noreturn]] static void throw_overflow(V delta) {
+    throw overflow_error("smisk::ipc: increment by " + std::to_string(delta) +
+                         " would overflow the stored " + std::string(codec<V>::name) +
+                         "; the value is unchanged");
   }
 
   [[noreturn]] static void throw_key_error(const K& key) {
