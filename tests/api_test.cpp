@@ -68,6 +68,32 @@ INSTANTIATE_TYPED_TEST_SUITE_P(all, api, ::stores);
 
 namespace {
 
+// ---- optional backend capabilities ------------------------------------------------------------
+
+TEST(backend_concept, an_optional_increment_is_used_for_64_bit_integers_only) {
+  static_assert(ipc::backend_traits<smisk_test::map_backend>::can_increment);
+  static_assert(!ipc::backend_traits<ipc::bsddb::backend>::can_increment);
+  using map_dict = ipc::shared_dict<std::string, std::int64_t, smisk_test::map_backend>;
+  map_dict d({"native.i64"});
+  EXPECT_EQ(d.increment("a"), 1);
+  EXPECT_EQ(d.increment("a", 5), 6);
+  EXPECT_EQ(d.backend().native_increments(), 2);
+  EXPECT_EQ(d.increment("a", -1), 5);  // a negative delta goes through modify()
+  EXPECT_EQ(d.backend().native_increments(), 2);
+  d.set("negative", -4);  // a number the engine's counter refuses: modify() again
+  EXPECT_EQ(d.increment("negative", 5), 1);
+  EXPECT_EQ(d.backend().native_increments(), 3);
+  EXPECT_EQ(d.increment("negative"), 2);
+  EXPECT_EQ(d.backend().native_increments(), 4);
+
+  ipc::shared_dict<std::string, std::int32_t, smisk_test::map_backend> narrow({"native.i32"});
+  ipc::shared_dict<std::string, double, smisk_test::map_backend> real({"native.f64"});
+  EXPECT_EQ(narrow.increment("a", 3), 3);
+  EXPECT_DOUBLE_EQ(real.increment("a", 0.5), 0.5);
+  EXPECT_EQ(narrow.backend().native_increments(), 0);
+  EXPECT_EQ(real.backend().native_increments(), 0);
+}
+
 // ---- Berkeley DB specifics ------------------------------------------------------------------
 
 TEST(bsddb, btree_iterates_in_key_order) {

@@ -24,12 +24,13 @@
 //
 // Values are stored verbatim (item flags 0), so counters are readable decimal text. Every read
 // fetches the node's generation and the item together (one round trip); read-modify-writes are
-// gets + cas (add when absent), retried on conflict. A set is one round trip: a noreply set under
-// the generation last seen, pipelined with a read of the generation (see backend::put); values
-// over the servers' item size limit are refused before anything is sent, since memcached's set
-// deletes the old item when it refuses a new one. An erase is stored as a short-lived
-// tombstone item (flags 'tomb', expiring after a second) written with cas, because memcached has
-// no delete-if-unchanged; every operation treats it as absent.
+// gets + cas (add when absent), retried on conflict, except that 64-bit integer counters are
+// added to by memcached's incr (see backend::increment). A set is one round trip: a noreply set
+// under the generation last seen, pipelined with a read of the generation (see backend::put);
+// values over the servers' item size limit are refused before anything is sent, since memcached's
+// set deletes the old item when it refuses a new one. An erase is stored as a short-lived tombstone
+// item (flags 'tomb', expiring after a second) written with cas, because memcached has no
+// delete-if-unchanged; every operation treats it as absent.
 #pragma once
 
 #include <atomic>
