@@ -184,8 +184,7 @@ class backend {
     repeat_once once;
     for (unsigned round = 0;; ++round) {
       if (round == max_rounds) give_up(k.node);
-      std::uint64_t generation = generations_[k.node].load(std::memory_order_relaxed);
-      if (generation == 0) generation = read(h, k, false).generation;
+      const std::uint64_t generation = last_generation(h, k);
       const std::string item = item_key(k, generation);
       check_size(value, item.size());
       pool_->check_node(k.node);
@@ -254,8 +253,7 @@ class backend {
     repeat_once once;
     for (unsigned round = 0;; ++round) {
       if (round == max_rounds) give_up(k.node);
-      std::uint64_t generation = generations_[k.node].load(std::memory_order_relaxed);
-      if (generation == 0) generation = read(h, k, false).generation;
+      const std::uint64_t generation = last_generation(h, k);
       const std::string item = item_key(k, generation);
       std::uint64_t sum = 0;
       pool_->check_node(k.node);
@@ -395,6 +393,12 @@ class backend {
       throw engine_error("smisk::ipc: libmemcached placed a key on no node", 0,
                          "memcached_generate_hash");
     return k;
+  }
+
+  /// The generation last seen on the key's node (read from the node the first time).
+  std::uint64_t last_generation(memcached_st* h, const located& k) const {
+    const std::uint64_t seen = generations_[k.node].load(std::memory_order_relaxed);
+    return seen != 0 ? seen : read(h, k, false).generation;
   }
 
   std::string item_key(const located& k, std::uint64_t generation) const {
