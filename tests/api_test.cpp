@@ -80,7 +80,7 @@ TEST(backend_concept, an_optional_increment_is_used_for_64_bit_integers_only) {
   EXPECT_EQ(d.backend().native_increments(), 2);
   EXPECT_EQ(d.increment("a", -1), 5);  // a negative delta goes through modify()
   EXPECT_EQ(d.backend().native_increments(), 2);
-  d.set("negative", -4);  // a number the engine's counter refuses: modify() again
+  d.set("negative", -4);  // asked first, the engine's counter refuses it: modify() does it
   EXPECT_EQ(d.increment("negative", 5), 1);
   EXPECT_EQ(d.backend().native_increments(), 3);
   EXPECT_EQ(d.increment("negative"), 2);

@@ -86,7 +86,7 @@ class map_backend {
   // integers), written the way memcached's incr behaves: unsigned decimal text, modulo 2^64.
   bool increment(std::string_view key, std::uint64_t delta, std::uint64_t& result) {
     std::lock_guard<std::mutex> lock(store_->mutex);
-    ++store_->native_increments;
+    ++store_->native_increments;  // every call, refused ones included
     auto it = store_->data.find(std::string(key));
     std::uint64_t n = 0;
     if (it != store_->data.end() && !smisk::ipc::detail::parse_unsigned(it->second, n))
@@ -95,6 +95,7 @@ class map_backend {
     store_->data[std::string(key)] = std::to_string(result);
     return true;
   }
+  /// How many times shared_dict called increment() (refused calls included).
   [[nodiscard]] long native_increments() const {
     std::lock_guard<std::mutex> lock(store_->mutex);
     return store_->native_increments;

@@ -175,8 +175,9 @@ TEST(memcached_nodes, a_killed_node_fails_fast_the_others_work_and_it_comes_back
 
 TEST(memcached_nodes, a_counter_on_a_restarted_node_counts_from_zero) {
   // The counter's connection in the pool died with the server, so the first incr after the
-  // restart fails on it. Making it again is safe only because the node lost the generation the
-  // incr was sent under; the counter must come back at exactly 1, never 6 and never 2.
+  // restart fails on it; the call reads the node's generation again (the restarted node has a
+  // new one) and counts there. The counter comes back at exactly 1 and is read back under the
+  // node's current generation (an incr or add left under the old one would make at() fail).
   mc::server server;
   ipc::memcached::options o;
   o.nodes = {server.node()};

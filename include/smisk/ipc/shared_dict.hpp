@@ -385,13 +385,9 @@ class shared_dict {
   }
 
   /// Whether increment() lets the backend add to 64-bit integers itself.
-  static constexpr bool native_increment = [] {
-    if constexpr (std::is_integral_v<V> && !std::is_same_v<V, bool>)
-      return backend_traits<Backend>::can_increment && sizeof(V) == sizeof(std::uint64_t) &&
-             detail::is_decimal_coded<V>::value;
-    else
-      return false;
-  }();
+  static constexpr bool native_increment =
+      backend_traits<Backend>::can_increment && std::is_integral_v<V> &&
+      sizeof(V) == sizeof(std::uint64_t) && detail::is_decimal_coded<V>::value;
 
   [[noreturn]] static void throw_overflow(V delta) {
     throw overflow_error("smisk::ipc: increment by " + std::to_string(delta) +
