@@ -374,9 +374,10 @@ inline void dump_stacks(pid_t pid) {
   if (!on || std::string(on) != "1") return;
   static bool self_done = false;
   auto run = [](pid_t p) {
-    std::string cmd =
-        "gdb -p " + std::to_string(p) +
-        " -batch -nx -ex 'thread apply all bt' 2>/dev/null | grep -E '^(#|Thread)' >&2";
+    std::string cmd = "gdb -p " + std::to_string(p) +
+                      " -batch -nx -ex 'thread apply all bt' -ex 'thread apply all -q -s frame "
+                      "function ___pthread_mutex_lock' -ex 'thread apply all -q -s print "
+                      "mutex->__data' 2>/dev/null | grep -E '^(#|Thread|\\$|  )' >&2";
     std::fprintf(stderr, "---- stacks of %d ----\n", static_cast<int>(p));
     std::fflush(stderr);
     if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "(gdb failed)\n");
@@ -386,7 +387,7 @@ inline void dump_stacks(pid_t pid) {
     run(::getpid());
     if (const char* home = std::getenv("SMISK_TEST_STACKS_HOME")) {
       std::string cmd = std::string("ls -li ") + home + " >&2; cat " + home +
-                        "/smisk-ipc.lock >&2; timeout 5 db5.3_stat -h " + home + " -Clo >&2";
+                        "/smisk-ipc.lock >&2; timeout 5 db5.3_stat -h " + home + " -Clo -x >&2";
       if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "(db5.3_stat failed)\n");
     }
   }

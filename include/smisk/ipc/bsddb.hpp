@@ -16,6 +16,7 @@
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <shared_mutex>
 #include <string>
 #include <string_view>
@@ -59,6 +60,39 @@ inline statistics stats() noexcept {
           r.libdb_faults.load(),        s.lock_conflicts.load()};
 }
 
+/// What the library does to this process to survive processes killed inside Berkeley DB (see
+/// the README's "Process-wide effects").
+struct process_status {
+  /// libdb's GOT is patched: the process-shared mutexes libdb creates for the library's
+  /// environments are robust, and waits inside them end once the environment is known broken.
+  bool robust_mutexes = false;
+  /// The fault guard's SIGSEGV/SIGBUS handler is installed and is still the process's handler.
+  /// Faults outside the library's own libdb calls go on to the handler installed before it.
+  bool fault_guard = false;
+  /// What was done, or why not.
+  std::string detail;
+  [[nodiscard]] bool crash_safe() const noexcept { return robust_mutexes && fault_guard; }
+};
+
+/// Sets up (once, if no dict did yet) and reports the process-wide crash-safety machinery.
+inline process_status runtime_status() {
+  process_status st;
+  st.robust_mutexes = detail::robust::install();
+  st.fault_guard = detail::robust::fault_handler_current();
+  st.detail = std::string("robust mutexes: ") + detail::robust::status() + "; fault guard: ";
+  if (st.fault_guard)
+    st.detail +=
+        "active (SIGSEGV/SIGBUS handler; faults outside the library's libdb calls go to the "
+        "handler installed before it, or get the default action)";
+  else if (detail::robust::fault_handler_installed.load())
+    st.detail +=
+        "installed, but another SIGSEGV handler was installed after it: a fault inside libdb "
+        "reaches that handler instead of becoming a recovery";
+  else
+    st.detail += "not installed";
+  return st;
+}
+
 /// Berkeley DB backend of shared_dict. One environment per home and process, one DB handle per
 /// database and process, shared by every dict handle; reopened in a child after fork().
 class backend {
@@ -70,6 +104,11 @@ class backend {
       : options_(o), key_type_(key_type), value_type_(value_type) {
     owner_ = detail::bdb::registry::instance().open(options_, key_type_, value_type_);
     current_.store(owner_.get(), std::memory_order_release);
+  }
+
+  ~backend() {
+    keep_if_foreign(owner_);
+    for (auto& d : retired_) keep_if_foreign(d);
   }
 
   backend(const backend&) = delete;
@@ -153,7 +192,13 @@ class backend {
       }
       if (rc != 0 && rc != DB_NOTFOUND) return rc;
       std::string_view old(current_value.data(), rc == 0 ? v.size : 0);
-      modify_action action = step(rc == 0 ? &old : nullptr, out);
+      modify_action action;
+      {
+        // Any handle of this dict used from inside `step` on this thread would wait for this
+        // transaction's own locks: run() refuses it.
+        rmw_scope inside(&d);
+        action = step(rc == 0 ? &old : nullptr, out);
+      }
       if (action == modify_action::keep) return txn.commit();
       if (action == modify_action::store) {
         DBT w = detail::bdb::make_dbt(out);
@@ -225,10 +270,20 @@ class backend {
   }
 
   /// The home directory in use.
-  [[nodiscard]] std::string home() const { return current().env().home(); }
-  /// The raw handles, for what the library does not wrap. Not valid across fork().
-  [[nodiscard]] DB* db_handle() const { return current().handle(); }
-  [[nodiscard]] DB_ENV* env_handle() const { return current().env().handle(); }
+  [[nodiscard]] std::string home() const {
+    in_use counted(*this);
+    return current().env().home();
+  }
+  /// The raw handles, for what the library does not wrap. Not valid across fork(), nor after a
+  /// recovery (the library then opens new ones).
+  [[nodiscard]] DB* db_handle() const {
+    in_use counted(*this);
+    return current().handle();
+  }
+  [[nodiscard]] DB_ENV* env_handle() const {
+    in_use counted(*this);
+    return current().env().handle();
+  }
 
  private:
   /// How many times in a row modify() retries without queueing for a lock (see modify).
@@ -237,36 +292,128 @@ class backend {
   /// The database of this process: reopened after fork() and after its environment broke,
   /// refused after the exit-time close.
   detail::bdb::database& current() const {
-    detail::bdb::database* d = current_.load(std::memory_order_acquire);
-    if (d->generation() != detail::fork_generation() || d->closed() || d->env().broken())
-      d = refresh();
+    detail::bdb::database* d = current_.load(std::memory_order_seq_cst);
+    if (!usable(*d)) d = refresh();
     return *d;
   }
 
+  static bool usable(const detail::bdb::database& d) noexcept {
+    return d.generation() == detail::fork_generation() && !d.closed() && !d.env().broken() &&
+           !d.env().closing();
+  }
+
+  /// Opens the database again (in a child of fork(), or after a break). The swap mutex is held
+  /// only to read and to swap the pointers, never across the open: fork() takes it (see
+  /// fork_safe_mutex), so it must never be held for long. Two threads may reopen at once; the
+  /// registry gives both the same database.
   detail::bdb::database* refresh() const {
-    std::lock_guard<std::mutex> lock(refresh_mutex_);
-    detail::bdb::database* d = current_.load(std::memory_order_acquire);
-    bool same_process = d->generation() == detail::fork_generation();
-    if (same_process && !d->closed() && !d->env().broken()) return d;
-    if (same_process && d->closed() && !d->env().broken())
-      throw engine_error("smisk::ipc: the dict was closed when the process began to exit");
-    if (same_process) detail::bdb::registry::instance().recover(owner_->env_ptr());
+    std::shared_ptr<detail::bdb::database> old;
+    {
+      std::lock_guard<detail::fork_safe_mutex> lock(swap_mutex_);
+      detail::bdb::database* d = current_.load(std::memory_order_seq_cst);
+      if (usable(*d)) return d;
+      old = owner_;
+    }
+    const bool same_process = old->generation() == detail::fork_generation();
+    if (same_process && !old->env().broken() && (old->closed() || old->env().closing()))
+      throw engine_error(
+          "smisk::ipc: the process is exiting: exit() closed the dicts (operations already "
+          "running were let finish); calls made after exit() began are refused");
+    if (same_process) detail::bdb::registry::instance().recover(old->env_ptr());
     // A child of fork() opens its own handles (the parent's stay untouched); after a recovery
     // this process opens the new environment.
     auto fresh = detail::bdb::registry::instance().open(options_, key_type_, value_type_);
-    retired_.push_back(std::move(owner_));
-    owner_ = std::move(fresh);
-    current_.store(owner_.get(), std::memory_order_release);
-    return owner_.get();
+    std::lock_guard<detail::fork_safe_mutex> lock(swap_mutex_);
+    if (owner_ == old) {
+      // Threads that loaded the old pointer may still use it: it is kept until none can (see
+      // purge_retired()).
+      retired_.push_back(std::move(owner_));
+      has_retired_.store(true, std::memory_order_relaxed);
+      owner_ = std::move(fresh);
+      current_.store(owner_.get(), std::memory_order_seq_cst);
+    }
+    return current_.load(std::memory_order_seq_cst);
   }
 
-  /// Runs op(database) until it returns something other than a deadlock or lock conflict, and
-  /// through recoveries. @returns 0, DB_NOTFOUND or DB_KEYEXIST; throws on any other error.
+  /// Counts the threads inside an operation of this handle, so that databases retired by
+  /// refresh() are freed once no thread can still hold a pointer to one: a thread counts itself
+  /// before it loads current_, so when the count is seen at zero after a swap, every later load
+  /// sees the new database. Without this, a process would keep every environment it ever
+  /// recovered from (its memory and descriptors) until the dict is destroyed.
+  class in_use {
+   public:
+    explicit in_use(const backend& b) noexcept : b_(b) {
+      b_.users_.fetch_add(1, std::memory_order_seq_cst);
+    }
+    ~in_use() {
+      if (b_.users_.fetch_sub(1, std::memory_order_seq_cst) == 1 &&
+          b_.has_retired_.load(std::memory_order_relaxed))
+        b_.purge_retired();
+    }
+    in_use(const in_use&) = delete;
+    in_use& operator=(const in_use&) = delete;
+
+   private:
+    const backend& b_;
+  };
+
+  void purge_retired() const noexcept {
+    std::vector<std::shared_ptr<detail::bdb::database>> doomed;
+    {
+      std::lock_guard<detail::fork_safe_mutex> lock(swap_mutex_);
+      if (users_.load(std::memory_order_seq_cst) != 0) return;
+      doomed.swap(retired_);
+      has_retired_.store(false, std::memory_order_relaxed);
+    }
+    // Destroyed outside the mutex: closing an environment joins its threads.
+    for (auto& d : doomed) keep_if_foreign(d);
+  }
+
+  /// A parent's database (and environment), in a child of fork(), is never destroyed: its
+  /// condition variables still count the parent's waiting threads, which do not exist here, and
+  /// destroying one would wait for them for ever. One set per fork() stays allocated.
+  static void keep_if_foreign(std::shared_ptr<detail::bdb::database>& d) noexcept {
+    using handle = std::shared_ptr<detail::bdb::database>;
+    if (!d || d->generation() == detail::fork_generation()) return;
+    if (new (std::nothrow) handle(std::move(d)) != nullptr) return;
+    // Out of memory: a few static slots, never destroyed; past them, a hang is still better
+    // avoided by keeping the reference inside `d` (whose owner is going away anyway).
+    alignas(handle) static unsigned char spare[16][sizeof(handle)];
+    static std::atomic<unsigned> used{0};
+    const unsigned slot = used.fetch_add(1);
+    if (slot < 16) new (spare[slot]) handle(std::move(d));
+  }
+
+  /// The database (shared by every handle of a dict in this process) whose read-modify-write
+  /// function runs on this thread (see modify()).
+  static const detail::bdb::database*& rmw_database() noexcept {
+    thread_local const detail::bdb::database* db = nullptr;
+    return db;
+  }
+  class rmw_scope {
+   public:
+    explicit rmw_scope(const detail::bdb::database* db) noexcept : previous_(rmw_database()) {
+      rmw_database() = db;
+    }
+    ~rmw_scope() { rmw_database() = previous_; }
+    rmw_scope(const rmw_scope&) = delete;
+    rmw_scope& operator=(const rmw_scope&) = delete;
+
+   private:
+    const detail::bdb::database* previous_;
+  };
+
   template <class Op>
   int run(const char* origin, Op&& op) const {
+    in_use counted(*this);
     for (detail::bdb::backoff retry;;) {
       detail::bdb::database& d = current();
       detail::bdb::environment& env = d.env();
+      if (rmw_database() == &d)
+        throw reentry_error(std::string("smisk::ipc: ") + origin +
+                            " called from inside a read-modify-write function (update(), "
+                            "compare_exchange(), ...) of the same dict on the same thread (through "
+                            "another handle); it would wait for that transaction's own locks");
       if (!env.enter()) continue;  // broke meanwhile: current() reopens
       struct inside {
         detail::bdb::environment& env;
@@ -346,9 +493,11 @@ class backend {
   options options_;
   std::string key_type_;
   std::string value_type_;
-  mutable std::mutex refresh_mutex_;
+  mutable detail::fork_safe_mutex swap_mutex_;  // owner_, retired_ and the store of current_
   mutable std::shared_ptr<detail::bdb::database> owner_;
   mutable std::vector<std::shared_ptr<detail::bdb::database>> retired_;
+  mutable std::atomic<bool> has_retired_{false};
+  mutable std::atomic<int> users_{0};
   mutable std::atomic<detail::bdb::database*> current_{nullptr};
 };
 

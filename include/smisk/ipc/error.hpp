@@ -60,6 +60,21 @@ class overflow_error : public error {
   using error::error;
 };
 
+/// The dict was used from inside one of its own read-modify-write functions (update(),
+/// compare_exchange(), setdefault(), pop(), increment()) on the same thread. That call would wait
+/// for the lock the read-modify-write itself holds, so it is refused instead; the key is unchanged.
+class reentry_error : public error {
+ public:
+  using error::error;
+};
+
+/// The crash-safety machinery (robust mutexes for libdb, the fault guard) cannot be set up in this
+/// process and bsddb::options::require_crash_safety is true. runtime_status() says why.
+class crash_safety_error : public error {
+ public:
+  using error::error;
+};
+
 /// The engine failed (I/O error, out of space, a server that cannot be reached, ...).
 class engine_error : public error {
  public:

@@ -24,6 +24,28 @@ namespace bsddb {
 class backend;
 }
 
+namespace detail {
+/// The backend whose read-modify-write function is running on this thread, if any (see
+/// shared_dict::check_reentry).
+inline const void*& active_modify() noexcept {
+  thread_local const void* backend = nullptr;
+  return backend;
+}
+/// Marks a read-modify-write function of `backend` as running on this thread.
+class modify_scope {
+ public:
+  explicit modify_scope(const void* backend) noexcept : previous_(active_modify()) {
+    active_modify() = backend;
+  }
+  ~modify_scope() { active_modify() = previous_; }
+  modify_scope(const modify_scope&) = delete;
+  modify_scope& operator=(const modify_scope&) = delete;
+
+ private:
+  const void* previous_;
+};
+}  // namespace detail
+
 /// A dictionary shared by every process and thread that opens it with the same options.
 ///
 /// Every single-key operation is atomic across processes and threads. Handles are cheap to copy;
@@ -60,6 +82,7 @@ class shared_dict {
   /// The value stored under `key`, or nothing.
   /// @throws codec_error if the stored bytes do not decode as V.
   [[nodiscard]] std::optional<V> get(const K& key) const {
+    check_reentry();
     std::optional<V> result;
     detail::encoded<K> k(key);
     backend_->get(k.bytes(),
@@ -83,6 +106,7 @@ class shared_dict {
 
   /// Whether `key` is stored.
   [[nodiscard]] bool contains(const K& key) const {
+    check_reentry();
     detail::encoded<K> k(key);
     return backend_->exists(k.bytes());
   }
@@ -96,6 +120,7 @@ class shared_dict {
 
   /// Stores `value` under `key`, replacing what was there.
   void set(const K& key, const V& value) {
+    check_reentry();
     detail::encoded<K> k(key);
     detail::encoded<V> v(value);
     backend_->put(k.bytes(), v.bytes());
@@ -103,6 +128,7 @@ class shared_dict {
 
   /// Stores `value` only if `key` is absent. @returns true if it was absent.
   bool insert(const K& key, const V& value) {
+    check_reentry();
     detail::encoded<K> k(key);
     detail::encoded<V> v(value);
     return backend_->add(k.bytes(), v.bytes());
@@ -113,7 +139,7 @@ class shared_dict {
     detail::encoded<K> k(key);
     detail::encoded<V> v(value);
     std::optional<V> existing;
-    backend_->modify(k.bytes(), [&](const std::string_view* current, std::string& out) {
+    modify(k.bytes(), [&](const std::string_view* current, std::string& out) {
       if (current) {
         existing.emplace(detail::decode<V>(*current));
         return modify_action::keep;
@@ -127,6 +153,7 @@ class shared_dict {
 
   /// Removes `key`. @returns true if it was there.
   bool erase(const K& key) {
+    check_reentry();
     detail::encoded<K> k(key);
     return backend_->remove(k.bytes());
   }
@@ -135,7 +162,7 @@ class shared_dict {
   std::optional<V> pop(const K& key) {
     detail::encoded<K> k(key);
     std::optional<V> old;
-    backend_->modify(k.bytes(), [&](const std::string_view* current, std::string&) {
+    modify(k.bytes(), [&](const std::string_view* current, std::string&) {
       if (!current) {
         old.reset();
         return modify_action::keep;
@@ -156,7 +183,7 @@ class shared_dict {
                   "smisk::ipc: update(key, fn) needs fn callable as fn(std::optional<V>) -> V");
     detail::encoded<K> k(key);
     std::optional<V> result;
-    backend_->modify(k.bytes(), [&](const std::string_view* current, std::string& out) {
+    modify(k.bytes(), [&](const std::string_view* current, std::string& out) {
       std::optional<V> old;
       if (current) old.emplace(detail::decode<V>(*current));
       result.emplace(fn(std::move(old)));
@@ -177,6 +204,7 @@ class shared_dict {
                   "smisk::ipc: increment() needs an arithmetic value type; use update() otherwise");
     if constexpr (native_increment) {
       if (!(delta < V(0))) {
+        check_reentry();
         detail::encoded<K> k(key);
         const auto d = static_cast<std::uint64_t>(delta);
         std::uint64_t sum = 0;
@@ -184,7 +212,7 @@ class shared_dict {
           if (sum <= static_cast<std::uint64_t>(std::numeric_limits<V>::max()))
             return static_cast<V>(sum);
           // A signed counter went past its maximum: take this call's delta back out.
-          backend_->modify(k.bytes(), [d](const std::string_view* current, std::string& out) {
+          modify(k.bytes(), [d](const std::string_view* current, std::string& out) {
             std::uint64_t n = 0;
             if (current == nullptr || !detail::parse_unsigned(*current, n))
               return modify_action::keep;  // replaced meanwhile: nothing of this call is left
@@ -218,7 +246,7 @@ class shared_dict {
       codec<V>::encode(*expected, *want);
     }
     bool swapped = false;
-    backend_->modify(k.bytes(), [&](const std::string_view* current, std::string& out) {
+    modify(k.bytes(), [&](const std::string_view* current, std::string& out) {
       swapped = want ? (current && *current == *want) : (current == nullptr);
       if (!swapped) return modify_action::keep;
       out.assign(d.bytes());
@@ -241,6 +269,7 @@ class shared_dict {
     static_assert(backend_traits<Backend>::can_count,
                   "smisk::ipc: this backend cannot count its keys (memcached, for one, has no way "
                   "to list or count keys), so size() is not available");
+    check_reentry();
     if constexpr (backend_traits<Backend>::can_count)
       return backend_->count();
     else
@@ -252,6 +281,7 @@ class shared_dict {
     static_assert(backend_traits<Backend>::can_count,
                   "smisk::ipc: this backend cannot count its keys (memcached, for one, has no way "
                   "to list or count keys), so empty() is not available");
+    check_reentry();
     if constexpr (detail::has_empty<Backend>::value)
       return backend_->empty();
     else if constexpr (backend_traits<Backend>::can_count)
@@ -264,6 +294,7 @@ class shared_dict {
   void clear() {
     static_assert(backend_traits<Backend>::can_clear,
                   "smisk::ipc: this backend cannot clear itself, so clear() is not available");
+    check_reentry();
     if constexpr (backend_traits<Backend>::can_clear) backend_->clear();
   }
 
@@ -297,7 +328,10 @@ class shared_dict {
   [[nodiscard]] const_iterator end() const { return const_iterator(); }
 
   /// Flushes what is stored to durable storage.
-  void sync() { backend_->sync(); }
+  void sync() {
+    check_reentry();
+    backend_->sync();
+  }
 
   /// The backend, for backend-specific calls (statistics and the like).
   [[nodiscard]] Backend& backend() const noexcept { return *backend_; }
@@ -381,7 +415,31 @@ class shared_dict {
         backend_traits<Backend>::can_enumerate,
         "smisk::ipc: this backend cannot enumerate its keys (memcached, for one, has no "
         "way to list keys), so keys(), values(), items() and iteration are not available");
+    check_reentry();
     if constexpr (backend_traits<Backend>::can_enumerate) backend_->for_each(fn);
+  }
+
+  /// Refuses a call made on this thread from inside one of this dict's own read-modify-write
+  /// functions: on bsddb it would wait for the lock that read-modify-write holds, for ever; on
+  /// memcached a write there would make the outer compare-and-swap fail again and again.
+  void check_reentry() const {
+    if (detail::active_modify() == backend_.get()) throw_reentry();
+  }
+
+  /// backend_->modify(), with the function marked as running on this thread.
+  template <class Step>
+  void modify(std::string_view key, Step&& step) {
+    check_reentry();
+    detail::modify_scope scope(backend_.get());
+    backend_->modify(key, std::forward<Step>(step));
+  }
+
+  [[noreturn]] static void throw_reentry() {
+    throw reentry_error(
+        "smisk::ipc: the dict was used from inside its own update(), compare_exchange(), "
+        "setdefault(), pop() or increment() function on the same thread; that call would wait "
+        "for the lock the read-modify-write holds. Read what the function needs before calling "
+        "update(), or use the value passed to it. The key is unchanged");
   }
 
   /// Whether increment() lets the backend add to 64-bit integers itself.

@@ -28,8 +28,14 @@
 #include <utility>
 #include <vector>
 
+#if DB_VERSION_MAJOR != 5 || DB_VERSION_MINOR != 3
+#error \
+    "smisk-ipc needs Berkeley DB 5.3 (Debian: libdb5.3-dev or libdb5.3++-dev): its crash safety relies on libdb 5.3's calls and region layout"
+#endif
+
 #include "../codec.hpp"
 #include "../error.hpp"
+#include "lock_fds.hpp"
 #include "posix.hpp"
 #include "robust_mutex.hpp"
 
@@ -68,6 +74,11 @@ struct options {
   std::size_t cache_size = std::size_t{32} << 20;
   /// What a returned write survives.
   durability_level durability = durability_level::process_crash;
+  /// Opening fails with crash_safety_error where the library cannot make libdb survive a process
+  /// killed inside it (robust mutexes through libdb's GOT, the fault guard): a statically linked
+  /// or foreign libdb, an unsupported CPU. false: open anyway, without that protection
+  /// (runtime_status() says what is missing).
+  bool require_crash_safety = true;
 };
 
 }  // namespace smisk::ipc::bsddb
@@ -163,6 +174,9 @@ class backoff {
   int tries_ = 0;
 };
 
+/// How long exit() waits for operations other threads are running before it closes the dicts.
+constexpr std::chrono::milliseconds exit_drain_limit{2000};
+
 /// How often each process checks for dead processes that hold locks.
 constexpr std::chrono::milliseconds watch_interval{100};
 /// failchk runs at least every this many intervals (5 s), even when nothing seems stuck.
@@ -223,12 +237,28 @@ struct manifest {
   }
 };
 
+/// Whether `name` is `prefix` followed by exactly `digits` decimal digits.
+inline bool is_numbered_name(const std::string& name, const char* prefix, std::size_t digits) {
+  const std::size_t n = std::strlen(prefix);
+  return name.size() == n + digits && starts_with(name, prefix) &&
+         name.find_first_not_of("0123456789", n) == std::string::npos;
+}
+/// Berkeley DB's region files: "__db." and three digits ("__db.001").
+inline bool is_region_file_name(const std::string& name) {
+  return is_numbered_name(name, "__db.", 3);
+}
+/// Berkeley DB's log files: "log." and ten digits ("log.0000000001").
+inline bool is_log_file_name(const std::string& name) { return is_numbered_name(name, "log.", 10); }
+
 /// Removes the library's own files from a temporary home, and the home if the library made it.
+/// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the lock
+/// file and the manifest. A user's "log.txt" or "__db.notes" in a home they gave is theirs.
 inline void remove_home_files(const std::string& home, const manifest& m) {
   for (const auto& name : list_dir(home)) {
-    bool ours = starts_with(name, "__db.") || starts_with(name, "log.") || m.has_database(name);
+    bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name);
     if (ours) ::unlink((home + "/" + name).c_str());
   }
+  ::unlink((home + "/" + manifest_file_name + ".tmp").c_str());
   ::unlink((home + "/" + manifest_file_name).c_str());
   ::unlink((home + "/" + lock_file_name).c_str());
   if (m.created_home && ::rmdir(home.c_str()) == 0)
@@ -256,10 +286,8 @@ inline void retire_regions(const std::string& home) {
   }
   std::vector<std::string> regions;
   for (const auto& name : list_dir(home)) {
-    // Region files are "__db.NNN"; nothing else (no database, log or registry file).
-    if (name.size() <= 5 || !starts_with(name, "__db.")) continue;
-    if (name.find_first_not_of("0123456789", 5) != std::string::npos) continue;
-    regions.push_back(name);
+    // Region files only (no database, log or registry file).
+    if (is_region_file_name(name)) regions.push_back(name);
   }
   // The primary region (__db.001) last, as Berkeley DB does.
   std::sort(regions.rbegin(), regions.rend());
@@ -279,18 +307,20 @@ class home_lease {
     bool created = default_home;
     gate_ = open_gate(&created);
     manifest m = manifest::read(home_);
+    // Alone: no other open file description holds byte 1 (a child's inherited membership counts,
+    // so a daemon's child keeps the temporary home its parent made).
     bool alone = ofd_lock(gate_.get(), 1, lock_kind::exclusive, false);
     if (alone && m.exists && !m.persistent) {
       // Left behind by processes that crashed: a temporary home starts clean.
       created = created || m.created_home;
       remove_home_files(home_, m);
       stats().stale_homes_cleaned.fetch_add(1, std::memory_order_relaxed);
-      unique_fd fresh = open_gate(&created);
-      gate_ = std::move(fresh);
+      gate_ = open_gate(&created);
       if (!ofd_lock(gate_.get(), 1, lock_kind::exclusive, false))
         throw engine_error("smisk::ipc: home " + home_ + " was taken while it was being cleaned");
       m = manifest{};
     }
+    if (alone) ofd_lock(gate_.get(), 1, lock_kind::none, false);
     if (m.exists && m.persistent != persistent_) {
       unlock_gate();
       throw home_error("smisk::ipc: home " + home_ + " holds " +
@@ -309,8 +339,13 @@ class home_lease {
       m.write(home_, mode_);
     }
     alone_ = alone;
-    ofd_lock(gate_.get(), 1, lock_kind::shared, false);
-    users_ = std::move(gate_);
+    // Membership on a descriptor of its own, which never holds the gate: a child of fork() keeps
+    // it (see lock_fds.hpp) without keeping the gate.
+    users_ = lock_fd(home_ + "/" + lock_file_name, O_RDWR | O_NOFOLLOW, 0, home_, true);
+    if (!users_) throw_errno("cannot open the lock file in " + home_, "open");
+    ofd_lock(users_.get(), 1, lock_kind::shared, false);
+    // A child of fork() now holds its own membership: the one inherited from its parent goes.
+    lock_fd_table::instance().drop_inherited(home_);
   }
 
   home_lease(const home_lease&) = delete;
@@ -321,13 +356,14 @@ class home_lease {
     if (generation_ != fork_generation()) return;  // a copy inherited over fork(): not ours
     try {
       // The home exists while this process is a member; never re-create it from here.
-      unique_fd gate(
-          ::open((home_ + "/" + lock_file_name).c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+      lock_fd gate(home_ + "/" + lock_file_name, O_RDWR | O_NOFOLLOW, 0, home_, false);
       if (!gate) return;
       ofd_lock(gate.get(), 0, lock_kind::exclusive, true);
       users_.reset();
+      lock_fd_table::instance().drop_inherited(home_);
       if (!persistent_ && ofd_lock(gate.get(), 1, lock_kind::exclusive, false))
         remove_home_files(home_, manifest::read(home_));
+      ofd_lock(gate.get(), 0, lock_kind::none, false);
     } catch (...) {
       // A destructor only releases; a home we cannot reach is left for the next opener.
     }
@@ -337,22 +373,24 @@ class home_lease {
   class gate_guard {
    public:
     explicit gate_guard(const home_lease& lease)
-        : fd_(::open((lease.home_ + "/" + lock_file_name).c_str(),
-                     O_RDWR | O_CLOEXEC | O_NOFOLLOW)) {
+        : fd_(lease.home_ + "/" + lock_file_name, O_RDWR | O_NOFOLLOW, 0, lease.home_, false) {
       if (!fd_) throw_errno("cannot open the lock file in " + lease.home_, "open");
       ofd_lock(fd_.get(), 0, lock_kind::exclusive, true);
     }
+    ~gate_guard() {
+      // Unlocked explicitly: a copy of the descriptor that a fork() made meanwhile must not keep
+      // the gate (closing only drops this process's reference).
+      try {
+        ofd_lock(fd_.get(), 0, lock_kind::none, false);
+      } catch (...) {
+      }
+    }
+    gate_guard(const gate_guard&) = delete;
+    gate_guard& operator=(const gate_guard&) = delete;
 
    private:
-    unique_fd fd_;
+    lock_fd fd_;
   };
-
-  /// In a child of fork(): the descriptor inherited from the parent shares the parent's lock, so
-  /// while the child keeps it the child counts as a user of the home, and the last process out
-  /// would never see itself as last. The child drops it once it opens its own membership.
-  void forget_inherited() noexcept {
-    if (generation_ != fork_generation()) users_.reset();
-  }
 
   void record_database(const std::string& name) {
     manifest m = manifest::read(home_);
@@ -393,19 +431,21 @@ class home_lease {
       throw_errno("cannot write the lock file in " + home_, "pwrite");
   }
   [[nodiscard]] int fd() const noexcept { return users_ ? users_.get() : gate_.get(); }
-  void unlock_gate() const {
-    ofd_lock(users_ ? users_.get() : gate_.get(), 0, lock_kind::none, false);
+  /// Releases the gate the constructor took (once).
+  void unlock_gate() {
+    if (!gate_) return;
+    ofd_lock(gate_.get(), 0, lock_kind::none, false);
+    gate_.reset();
   }
 
  private:
   /// Opens the lock file and takes the gate, retrying if the last process out removed the file
   /// (and perhaps the home). Sets *created if this process made the home directory.
-  unique_fd open_gate(bool* created = nullptr) const {
+  lock_fd open_gate(bool* created = nullptr) const {
     std::string path = home_ + "/" + lock_file_name;
     for (;;) {
       if (prepare_home(home_) && created) *created = true;
-      unique_fd fd(::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW,
-                          static_cast<mode_t>(mode_)));
+      lock_fd fd(path, O_RDWR | O_CREAT | O_NOFOLLOW, static_cast<mode_t>(mode_), home_, false);
       if (!fd) throw_errno("cannot open the lock file " + path, "open");
       ofd_lock(fd.get(), 0, lock_kind::exclusive, true);
       struct stat held, named;
@@ -413,6 +453,7 @@ class home_lease {
           ::lstat(path.c_str(), &named) == 0 && named.st_ino == held.st_ino &&
           named.st_dev == held.st_dev)
         return fd;
+      ofd_lock(fd.get(), 0, lock_kind::none, false);
     }
   }
 
@@ -421,8 +462,8 @@ class home_lease {
   unsigned mode_;
   unsigned generation_;
   bool alone_ = false;
-  unique_fd gate_;
-  unique_fd users_;
+  lock_fd gate_;   // holds the gate from construction until unlock_gate()
+  lock_fd users_;  // holds byte 1 shared: this process's membership
 };
 
 // ---- the environment and its databases --------------------------------------------------------
@@ -486,7 +527,17 @@ class environment {
         epoch_(epoch) {
     // Before the first environment: libdb's process-shared mutexes become robust, so that a
     // process killed while holding one makes the others fail (and recover) instead of hang.
-    robust::install();
+    if (!robust::install() && o.require_crash_safety)
+      throw crash_safety_error(std::string("smisk::ipc: cannot make Berkeley DB survive processes "
+                                           "killed inside it in this process (robust mutexes ") +
+                               robust::status() +
+                               "); set bsddb::options::require_crash_safety = false to open "
+                               "the dict without that protection");
+    if (!robust::fault_handler_installed.load() && o.require_crash_safety)
+      throw crash_safety_error(
+          "smisk::ipc: the fault guard (a SIGSEGV/SIGBUS handler for libdb calls) could not be "
+          "installed; set bsddb::options::require_crash_safety = false to open the dict without "
+          "that protection");
     robust::broken_check.store(&environment_known_broken, std::memory_order_release);
     int rc = ::db_env_create(&env_, 0);
     if (rc != 0) raise("db_env_create", rc);
@@ -500,15 +551,20 @@ class environment {
       // failchk() after the open succeeds.
       u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN |
                         DB_THREAD | (recover ? DB_RECOVER : 0u);
-      rc = env_->open(env_, lease_->home().c_str(), flags, static_cast<int>(o.mode));
+      // Inside a library call: the mutexes it creates are made robust, the descriptors it opens
+      // are recorded (see robust_mutex.hpp), and a fault on half-made regions becomes a panic.
+      rc = robust::call_guarded(env_, [&] {
+        return env_->open(env_, lease_->home().c_str(), flags, static_cast<int>(o.mode));
+      });
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
       if (recover) stats().recoveries.fetch_add(1, std::memory_order_relaxed);
-      if (!recover) {
-        rc = robust::call_guarded(env_, [this] { return env_->failchk(env_, 0); });
-        if (rc != 0) raise("DB_ENV->failchk", rc, lease_->home());
-      }
+      // No failchk when joining: what a dead process left behind is found by the watchdog as
+      // soon as an operation waits for it (see watch()). A failchk at every join made forked
+      // children and newcomers spin (libdb's failchk mode polls a busy mutex, without
+      // sleeping, for as long as a live process holds it) and serialised them behind the gate.
     } catch (...) {
-      env_->close(env_, 0);
+      DB_ENV* e = env_;
+      robust::call_guarded(e, [e] { return e->close(e, 0); });
       env_ = nullptr;
       throw;
     }
@@ -535,10 +591,22 @@ class environment {
   /// thread is then left where it is and the DB_ENV is abandoned (never closed: closing would
   /// unmap what the thread reads); its home is still left, so a temporary home is removed.
   void shutdown() noexcept {
+    if (generation_ != fork_generation()) {
+      // Inherited over fork(): a parent thread may have held shutdown_mutex_ at the moment of
+      // fork(). Only the child's single reference (the last shared_ptr) gets here; the parent's
+      // threads do not exist in this process and their mutexes may be held by them for ever:
+      // touch nothing of libdb.
+      if (!env_) return;
+      if (watchdog_.joinable()) watchdog_.detach();
+      if (checkpointer_.joinable()) checkpointer_.detach();
+      lease_.reset();
+      env_ = nullptr;
+      return;
+    }
     std::lock_guard<std::mutex> lock(shutdown_mutex_);
     if (!env_) return;
     bool abandon = false;
-    if (generation_ == fork_generation()) {
+    {
       {
         std::lock_guard<std::mutex> w(watch_mutex_);
         stopping_ = true;
@@ -558,13 +626,13 @@ class environment {
           robust::call_guarded(e, [e] { return e->close(e, 0); });
         }
       }
-    } else {
-      // The parent's threads do not exist in this process, and their mutexes may be held by
-      // them for ever: touch nothing.
-      watchdog_.detach();
-      if (checkpointer_.joinable()) checkpointer_.detach();
     }
-    lease_.reset();  // the last process out of a temporary home removes it
+    // The last process out of a temporary home removes it. A broken environment keeps its
+    // lease until the object goes: dicts of this process may still point to it (they move to
+    // the new environment at their next call), and while they exist this process is a member;
+    // dropping the membership here let the last dict of the new environment, closing, remove a
+    // home whose other dicts were still open (all their data lost).
+    if (!broken()) lease_.reset();
     env_ = nullptr;
   }
 
@@ -572,11 +640,6 @@ class environment {
   [[nodiscard]] home_lease& lease() const noexcept { return *lease_; }
   [[nodiscard]] std::shared_ptr<home_lease> lease_ptr() const noexcept { return lease_; }
   [[nodiscard]] const std::string& home() const noexcept { return home_; }
-  /// In a child of fork(): see home_lease::forget_inherited.
-  void forget_inherited() noexcept {
-    std::lock_guard<std::mutex> lock(shutdown_mutex_);
-    if (lease_) lease_->forget_inherited();
-  }
   [[nodiscard]] unsigned generation() const noexcept { return generation_; }
   /// Whether the environment needs recovery (a dead process left it inconsistent: failchk or an
   /// operation said DB_RUNRECOVERY). A broken environment is never used again by this process.
@@ -593,10 +656,13 @@ class environment {
   /// of this process is inside it. @returns false (and enters nothing) if it is broken.
   [[nodiscard]] bool enter() noexcept {
     inflight_.fetch_add(1, std::memory_order_seq_cst);
-    if (!broken()) return true;
+    if (!broken() && !closing()) return true;
     inflight_.fetch_sub(1, std::memory_order_seq_cst);
     return false;
   }
+  /// At exit: no operation enters from now on (see registry::close_all).
+  void begin_close() noexcept { closing_.store(true, std::memory_order_seq_cst); }
+  [[nodiscard]] bool closing() const noexcept { return closing_.load(std::memory_order_seq_cst); }
   void leave() noexcept {
     completed_.fetch_add(1, std::memory_order_relaxed);
     inflight_.fetch_sub(1, std::memory_order_seq_cst);
@@ -701,15 +767,16 @@ class environment {
   /// if it is stuck inside a checkpoint: for 100 ms in a broken environment, else for 3 s.
   /// Leaves a broken environment without DB_ENV->close. Closing frees the process's shared
   /// structures through the regions' allocator, and a process killed inside that allocator
-  /// leaves free lists that the free walks for ever. The regions are unmapped directly instead
-  /// (no thread of this process is inside any more; they are other processes' garbage, and
-  /// recovery has already removed their files); the DB_ENV handle and its file descriptors are
-  /// left behind (a few per recovery this process sees).
+  /// leaves free lists that the free walks for ever. Instead, the descriptors libdb opened for it
+  /// are closed (recorded through the GOT patch, see robust::close_descriptors_of) and its
+  /// regions are unmapped directly (no thread of this process is inside any more; they are other
+  /// processes' garbage, and recovery has already removed their files). What stays behind is
+  /// libdb's heap memory of the handles (DB_ENV, DB: a few kilobytes per recovery).
   void release_broken() noexcept {
     if (inflight_.load(std::memory_order_seq_cst) != 0) return;  // leave it mapped
+    robust::close_descriptors_of(env_);
     for (const auto& range : checkpoints_->regions)
-      (void)::smisk_ipc_robust_munmap(reinterpret_cast<void*>(range.first),
-                                      range.second - range.first);
+      (void)robust::unmap_region(reinterpret_cast<void*>(range.first), range.second - range.first);
     checkpoints_->regions.clear();
   }
 
@@ -758,7 +825,8 @@ class environment {
         // process that died while blocked on a lock as harmless, yet that process may have held
         // a page latch (a shared latch, which cannot be robust) that everyone now waits for.
         // Panic the environment: every process recovers.
-        env_->set_flags(env_, DB_PANIC_ENVIRONMENT, 1);
+        robust::call_guarded(env_,
+                             [this] { return env_->set_flags(env_, DB_PANIC_ENVIRONMENT, 1); });
         rc = DB_RUNRECOVERY;
       }
       if (rc == 0) continue;
@@ -780,6 +848,7 @@ class environment {
   std::atomic<std::uint64_t> writes_{0};
   std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();
   std::atomic<int> inflight_{0};
+  std::atomic<bool> closing_{false};
   std::atomic<std::uint64_t> completed_{0};
   std::mutex shutdown_mutex_;
   std::mutex watch_mutex_;
@@ -851,13 +920,17 @@ class database {
       : env_(std::move(env)), generation_(fork_generation()), method_(method) {
     DB_ENV* e = env_->handle();
     check_types(e, name, format_record(key_type, value_type, method), mode);
-    int rc = ::db_create(&db_, e, 0);
+    // Every libdb call on the library's environments runs inside a library call (here: it
+    // enters the environment, which may allocate and lock its mutexes; see robust_mutex.hpp).
+    int rc = robust::call_guarded(e, [&] { return ::db_create(&db_, e, 0); });
     if (rc != 0) raise("db_create", rc);
     DBTYPE type = method == bsddb::access_method::btree ? DB_BTREE : DB_HASH;
-    rc = db_->open(db_, nullptr, name.c_str(), "data", type, DB_CREATE | DB_THREAD | DB_AUTO_COMMIT,
-                   static_cast<int>(mode));
+    rc = robust::call_guarded(e, [&] {
+      return db_->open(db_, nullptr, name.c_str(), "data", type,
+                       DB_CREATE | DB_THREAD | DB_AUTO_COMMIT, static_cast<int>(mode));
+    });
     if (rc != 0) {
-      db_->close(db_, DB_NOSYNC);
+      robust::call_guarded(e, [this] { return db_->close(db_, DB_NOSYNC); });
       raise("DB->open", rc, env_->lease().home() + "/" + name);
     }
   }
@@ -868,9 +941,14 @@ class database {
   /// Closes the DB handle; later operations through it throw. Idempotent; a no-op for a handle
   /// inherited over fork.
   void shutdown() noexcept {
+    // Inherited over fork(): nothing to close here, and shutdown_mutex_ may have been held by a
+    // parent thread at the moment of fork().
+    if (generation_ != fork_generation()) {
+      closed_.store(true);
+      return;
+    }
     std::lock_guard<std::mutex> lock(shutdown_mutex_);
     if (closed_.exchange(true)) return;
-    if (generation_ != fork_generation()) return;
     // Closing can wait for a page latch of a dead process: an operation for the watchdog, unless
     // the environment is already broken (its waits fail then).
     // A broken environment's handle is left behind, not closed: see environment::release_broken.
@@ -899,7 +977,7 @@ class database {
   /// Records the key and value types of a new database, or checks them against an existing one.
   void check_types(DB_ENV* e, const std::string& name, const std::string& wanted, unsigned mode) {
     DB* meta = nullptr;
-    int rc = ::db_create(&meta, e, 0);
+    int rc = robust::call_guarded(e, [&] { return ::db_create(&meta, e, 0); });
     if (rc != 0) raise("db_create", rc);
     // DB_NOSYNC (as for every DB->close here): closing would otherwise flush the whole file's
     // dirty pages, and libdb waits for a page other processes have pinned by sleeping a whole
@@ -908,8 +986,10 @@ class database {
     std::unique_ptr<DB, void (*)(DB*)> guard(meta, [](DB* d) {
       robust::call_guarded(d->dbenv, [d] { return d->close(d, DB_NOSYNC); });
     });
-    rc = meta->open(meta, nullptr, name.c_str(), "meta", DB_BTREE,
-                    DB_CREATE | DB_THREAD | DB_AUTO_COMMIT, static_cast<int>(mode));
+    rc = robust::call_guarded(e, [&] {
+      return meta->open(meta, nullptr, name.c_str(), "meta", DB_BTREE,
+                        DB_CREATE | DB_THREAD | DB_AUTO_COMMIT, static_cast<int>(mode));
+    });
     if (rc != 0) {
       std::string path = env_->lease().home() + "/" + name;
       if (rc == EINVAL || rc == ENOENT)
@@ -1006,10 +1086,11 @@ inline location locate(const bsddb::options& o) {
 /// forgotten after fork().
 class registry {
  public:
-  static registry& instance() {
-    static registry* r = new registry;  // never destroyed: handles may outlive static objects
-    return *r;
-  }
+  /// The registry of this process. A child of fork() gets a fresh one: the parent's belongs to
+  /// the parent (a parent thread may have held its mutex, or been changing its maps, at the
+  /// moment of fork()), and the child never touches it. Never destroyed: handles may outlive
+  /// static objects.
+  static registry& instance() { return *current().load(std::memory_order_acquire); }
 
   std::shared_ptr<database> open(const bsddb::options& o, std::string_view key_type,
                                  std::string_view value_type) {
@@ -1036,10 +1117,22 @@ class registry {
   }
 
   /// Closes every dict of this process (at exit, so that temporary homes are removed even when
-  /// handles are still open). Later operations on those handles throw.
+  /// handles are still open). Operations that other threads are running are let finish (for up
+  /// to exit_drain_limit); later ones throw engine_error ("the process is exiting").
   void close_all() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     if (generation_ != fork_generation()) return;
+    std::vector<std::shared_ptr<environment>> envs;
+    for (auto& entry : environments_)
+      if (auto env = entry.second.lock()) envs.push_back(std::move(env));
+    for (auto& env : envs) env->begin_close();
+    const auto deadline = std::chrono::steady_clock::now() + exit_drain_limit;
+    for (auto& env : envs) {
+      const auto left = deadline - std::chrono::steady_clock::now();
+      if (!env->drain(std::chrono::duration_cast<std::chrono::milliseconds>(
+              std::max<std::chrono::steady_clock::duration>(left, {}))))
+        return;  // still busy: leave everything open (the OS releases it at _exit)
+    }
     for (auto& entry : databases_)
       if (auto db = entry.second.lock()) db->shutdown();
     for (auto& entry : environments_)
@@ -1053,7 +1146,6 @@ class registry {
  private:
   std::shared_ptr<database> open_locked(const location& loc, const bsddb::options& o,
                                         std::string_view key_type, std::string_view value_type) {
-    forget_parent_entries();
     std::string db_key = loc.home + '\0' + loc.name;
     if (auto found = databases_[db_key].lock()) {
       if (found->method() != o.method || found->env().lease().persistent() != o.persistent)
@@ -1182,21 +1274,18 @@ class registry {
     return env;
   }
 
-  void forget_parent_entries() {
-    unsigned g = fork_generation();
-    if (g == generation_) return;
-    // The parent's objects stay with the handles that hold them; they never close anything here.
-    for (auto& entry : environments_)
-      if (auto env = entry.second.lock()) env->forget_inherited();
-    databases_.clear();
-    environments_.clear();
-    formats_.clear();
-    leases_.clear();
-    broken_epochs_.clear();
-    for (auto& entry : recovering_leases_) entry.second->forget_inherited();
-    for (auto& entry : recovering_leases_) new std::shared_ptr<home_lease>(entry.second);
-    recovering_leases_.clear();
-    generation_ = g;
+  static std::atomic<registry*>& current() {
+    static std::atomic<registry*> r{[] {
+      (void)fork_generation();  // handler order: the generation counter's child handler first
+      ::pthread_atfork(nullptr, nullptr, [] {
+        // The parent's registry, and every object of the parent it leads to, are left as they
+        // are (their descriptors are dealt with by lock_fd_table, their threads do not exist
+        // here); the child's dicts open their own.
+        current().store(new registry, std::memory_order_release);
+      });
+      return new registry;
+    }()};
+    return r;
   }
 
   void register_exit_handler() {

@@ -14,6 +14,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <utility>
@@ -97,6 +98,77 @@ inline unsigned fork_generation() noexcept {
   return fork_generation_counter().load(std::memory_order_relaxed);
 }
 
+/// A mutex that fork() cannot leave locked in the child: the prepare handler takes every
+/// fork_safe_mutex of the process (so that nothing they guard is half changed when the address
+/// space is copied), the parent releases them and the child re-initialises them. For the
+/// library's short critical sections only: one must never be held while taking another, while
+/// waiting for anything, or while constructing or destroying a fork_safe_mutex (fork() would wait
+/// for it, or deadlock).
+class fork_safe_mutex {
+ public:
+  fork_safe_mutex() noexcept {
+    list_lock guard;
+    next_ = head();
+    if (next_) next_->prev_ = this;
+    head() = this;
+  }
+  ~fork_safe_mutex() {
+    list_lock guard;
+    if (prev_) prev_->next_ = next_;
+    if (next_) next_->prev_ = prev_;
+    if (head() == this) head() = next_;
+  }
+  fork_safe_mutex(const fork_safe_mutex&) = delete;
+  fork_safe_mutex& operator=(const fork_safe_mutex&) = delete;
+
+  void lock() noexcept { (void)::pthread_mutex_lock(&mutex_); }
+  bool try_lock() noexcept { return ::pthread_mutex_trylock(&mutex_) == 0; }
+  void unlock() noexcept { (void)::pthread_mutex_unlock(&mutex_); }
+
+ private:
+  static pthread_mutex_t& list_mutex() noexcept {
+    static pthread_mutex_t m = PTHREAD_MUTEX_INITIALIZER;
+    return m;
+  }
+  static fork_safe_mutex*& head() noexcept {
+    static fork_safe_mutex* first = nullptr;
+    return first;
+  }
+  struct list_lock {
+    list_lock() noexcept {
+      register_handlers();
+      (void)::pthread_mutex_lock(&list_mutex());
+    }
+    ~list_lock() { (void)::pthread_mutex_unlock(&list_mutex()); }
+  };
+  static void register_handlers() noexcept {
+    static const bool registered = [] {
+      (void)fork_generation();  // the generation counter's handler first: its child runs first
+      ::pthread_atfork(&prepare, &parent, &child);
+      return true;
+    }();
+    (void)registered;
+  }
+  static void prepare() noexcept {
+    (void)::pthread_mutex_lock(&list_mutex());
+    for (fork_safe_mutex* m = head(); m; m = m->next_) m->lock();
+  }
+  static void parent() noexcept {
+    for (fork_safe_mutex* m = head(); m; m = m->next_) m->unlock();
+    (void)::pthread_mutex_unlock(&list_mutex());
+  }
+  static void child() noexcept {
+    // The child's only thread is not the one that locked them (another thread id).
+    for (fork_safe_mutex* m = head(); m; m = m->next_)
+      (void)::pthread_mutex_init(&m->mutex_, nullptr);
+    (void)::pthread_mutex_init(&list_mutex(), nullptr);
+  }
+
+  pthread_mutex_t mutex_ = PTHREAD_MUTEX_INITIALIZER;
+  fork_safe_mutex* prev_ = nullptr;
+  fork_safe_mutex* next_ = nullptr;
+};
+
 /// A file descriptor that closes itself.
 class unique_fd {
  public:
@@ -155,8 +227,10 @@ inline std::string sanitize_name(const std::string& s) {
   return out;
 }
 
-/// The running program's file name ("myapp"), for default names.
-inline std::string program_name() {
+/// The running program's file name ("myapp"), for default names. Read once per process: it
+/// does not change, and a child of fork() must not depend on anything a parent thread may hold.
+inline std::string program_name();
+inline std::string read_program_name() {
   char buf[4096];
   ssize_t n = ::readlink("/proc/self/exe", buf, sizeof buf - 1);
   std::string path = n > 0 ? std::string(buf, static_cast<std::size_t>(n)) : std::string("program");
@@ -170,15 +244,36 @@ inline std::string program_name() {
   return sanitize_name(path);
 }
 
-/// The effective user's name, or its uid when it has none.
-inline std::string user_name() {
-  uid_t uid = ::geteuid();
+inline std::string program_name() {
+  static const std::string name = read_program_name();
+  return name;
+}
+
+/// The effective user's name, or its uid when it has none. Looked up once per effective uid: the
+/// name service may take locks that a fork() from another thread leaves held in the child.
+inline std::string user_name();
+inline std::string look_up_user_name(uid_t uid) {
   struct passwd pw;
   struct passwd* result = nullptr;
   std::vector<char> buf(16384);
   if (::getpwuid_r(uid, &pw, buf.data(), buf.size(), &result) == 0 && result && result->pw_name)
     return sanitize_name(result->pw_name);
   return std::to_string(uid);
+}
+inline std::string user_name() {
+  static fork_safe_mutex mutex;
+  static uid_t cached_uid = static_cast<uid_t>(-1);
+  static std::string cached;
+  const uid_t uid = ::geteuid();
+  {
+    std::lock_guard<fork_safe_mutex> lock(mutex);
+    if (uid == cached_uid) return cached;
+  }
+  std::string name = look_up_user_name(uid);  // not under the mutex: it may wait
+  std::lock_guard<fork_safe_mutex> lock(mutex);
+  cached_uid = uid;
+  cached = name;
+  return name;
 }
 
 /// The directory for temporary homes: /dev/shm where it is a usable directory, else $TMPDIR,

@@ -75,6 +75,7 @@
 #pragma once
 
 #include <db.h>
+#include <dirent.h>
 #include <dlfcn.h>
 #include <elf.h>
 #include <fcntl.h>
@@ -92,11 +93,14 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstdarg>
 #include <cstddef>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
 #include <mutex>
+
+#include "posix.hpp"
 
 namespace smisk::ipc::detail::robust {
 
@@ -146,6 +150,63 @@ inline void count(std::atomic<std::uint64_t>& c) noexcept {
   c.fetch_add(1, std::memory_order_relaxed);
 }
 
+// ---- whose call is it ---------------------------------------------------------------------------
+//
+// The replacements act only inside the library's own libdb calls (call_guarded and
+// library_call set current_env for the calling thread): a DB_ENV that the application opens
+// and uses itself in the same process gets glibc's functions untouched, exactly as without
+// smisk-ipc. Everything libdb does on the library's behalf runs inside such a call, so every
+// mutex of the library's environments is made robust and every descriptor libdb opens for
+// them is known.
+
+/// The library's DB_ENV the calling thread is inside a libdb call for, or null.
+inline thread_local DB_ENV* current_env = nullptr;
+
+/// Marks the calling thread as inside a libdb call for `env` (nests).
+class library_call {
+ public:
+  explicit library_call(DB_ENV* env) noexcept : previous_(current_env) { current_env = env; }
+  ~library_call() { current_env = previous_; }
+  library_call(const library_call&) = delete;
+  library_call& operator=(const library_call&) = delete;
+
+ private:
+  DB_ENV* previous_;
+};
+
+// ---- descriptors --------------------------------------------------------------------------------
+//
+// A broken environment cannot be closed through libdb (see environment::release_broken), so the
+// descriptors libdb opened for it (region files, logs, databases: about five) would stay open
+// for ever, a few more at every recovery. libdb's open() and close() go through the patched GOT:
+// descriptors opened inside a library call are recorded with their DB_ENV, and
+// close_descriptors_of() closes what a broken environment still holds. Lock-free (a table
+// indexed by descriptor); descriptors past the table are not tracked.
+
+inline constexpr int tracked_fds = 16384;
+inline std::atomic<DB_ENV*> fd_owner[tracked_fds];
+
+inline void note_open(int fd) noexcept {
+  if (fd >= 0 && fd < tracked_fds && current_env)
+    fd_owner[fd].store(current_env, std::memory_order_relaxed);
+}
+inline void note_close(int fd) noexcept {
+  if (fd >= 0 && fd < tracked_fds) fd_owner[fd].store(nullptr, std::memory_order_relaxed);
+}
+/// Closes every descriptor libdb opened for `env` and has not closed. @returns how many.
+inline int close_descriptors_of(DB_ENV* env) noexcept {
+  int closed = 0;
+  for (int fd = 0; fd < tracked_fds; ++fd) {
+    DB_ENV* owner = env;
+    if (fd_owner[fd].load(std::memory_order_relaxed) == env &&
+        fd_owner[fd].compare_exchange_strong(owner, nullptr)) {
+      ::close(fd);
+      ++closed;
+    }
+  }
+  return closed;
+}
+
 // ---- broken memory ---------------------------------------------------------------------------
 
 inline constexpr long wait_slice_ns = 100L * 1000 * 1000;
@@ -153,13 +214,14 @@ inline constexpr long wait_slice_ns = 100L * 1000 * 1000;
 struct broken_range {
   std::uintptr_t lo = 0, hi = 0;  // hi == 0: unused
 };
-inline std::mutex broken_mutex;
+/// fork() must not leave it locked in the child (a child marks and checks broken memory too).
+inline fork_safe_mutex broken_mutex;
 inline broken_range broken_ranges[64];
 inline unsigned broken_next = 0;
 inline std::atomic<unsigned> broken_count{0};  // lets the common case skip the mutex
 
 inline void mark_broken(std::uintptr_t lo, std::uintptr_t hi) noexcept {
-  std::lock_guard<std::mutex> lock(broken_mutex);
+  std::lock_guard<fork_safe_mutex> lock(broken_mutex);
   constexpr unsigned n = sizeof broken_ranges / sizeof broken_ranges[0];
   for (const broken_range& r : broken_ranges)
     if (r.hi != 0 && r.lo <= lo && hi <= r.hi) return;
@@ -179,7 +241,7 @@ inline void mark_broken(std::uintptr_t lo, std::uintptr_t hi) noexcept {
 /// libdb unmapped [lo, hi): whatever is mapped there later is not broken.
 inline void forget_broken(std::uintptr_t lo, std::uintptr_t hi) noexcept {
   if (broken_count.load(std::memory_order_acquire) == 0) return;
-  std::lock_guard<std::mutex> lock(broken_mutex);
+  std::lock_guard<fork_safe_mutex> lock(broken_mutex);
   for (broken_range& r : broken_ranges)
     if (r.hi != 0 && r.lo < hi && lo < r.hi) {
       r = {};
@@ -190,7 +252,7 @@ inline void forget_broken(std::uintptr_t lo, std::uintptr_t hi) noexcept {
 inline bool is_broken(const void* object) noexcept {
   if (broken_count.load(std::memory_order_acquire) == 0) return false;
   auto a = reinterpret_cast<std::uintptr_t>(object);
-  std::lock_guard<std::mutex> lock(broken_mutex);
+  std::lock_guard<fork_safe_mutex> lock(broken_mutex);
   for (const broken_range& r : broken_ranges)
     if (r.hi != 0 && a >= r.lo && a < r.hi) return true;
   return false;
@@ -401,7 +463,7 @@ extern "C" inline int smisk_ipc_robust_mutexattr_setpshared(pthread_mutexattr_t*
                                                             int pshared) noexcept {
   namespace r = smisk::ipc::detail::robust;
   int rc = r::real_setpshared.load(std::memory_order_acquire)(attr, pshared);
-  if (rc == 0 && pshared == PTHREAD_PROCESS_SHARED &&
+  if (rc == 0 && pshared == PTHREAD_PROCESS_SHARED && r::current_env &&
       ::pthread_mutexattr_setrobust(attr, PTHREAD_MUTEX_ROBUST) == 0) {
     (void)::pthread_mutexattr_settype(attr, PTHREAD_MUTEX_ERRORCHECK);
     r::count(r::event_counts.robust_inits);
@@ -409,59 +471,127 @@ extern "C" inline int smisk_ipc_robust_mutexattr_setpshared(pthread_mutexattr_t*
   return rc;
 }
 
+// Outside the library's own libdb calls (current_env null) each of them is the function it
+// replaces, untouched.
+
 extern "C" inline int smisk_ipc_robust_mutex_lock(pthread_mutex_t* m) noexcept {
+  if (!smisk::ipc::detail::robust::current_env) return ::pthread_mutex_lock(m);
   return smisk::ipc::detail::robust::mutex_lock(m);
 }
 
 extern "C" inline int smisk_ipc_robust_mutex_trylock(pthread_mutex_t* m) noexcept {
-  return smisk::ipc::detail::robust::mutex_trylock(m);
+  namespace r = smisk::ipc::detail::robust;
+  if (!r::current_env) return r::real_trylock.load(std::memory_order_acquire)(m);
+  return r::mutex_trylock(m);
 }
 
 extern "C" inline int smisk_ipc_robust_mutex_destroy(pthread_mutex_t* m) noexcept {
   namespace r = smisk::ipc::detail::robust;
-  if (r::real_destroy.load(std::memory_order_acquire)(m) != 0)
-    r::count(r::event_counts.destroy_errors);
+  const int rc = r::real_destroy.load(std::memory_order_acquire)(m);
+  if (!r::current_env) return rc;
+  if (rc != 0) r::count(r::event_counts.destroy_errors);
   return 0;
 }
 
 extern "C" inline int smisk_ipc_robust_cond_wait(pthread_cond_t* c, pthread_mutex_t* m) noexcept {
+  if (!smisk::ipc::detail::robust::current_env) return ::pthread_cond_wait(c, m);
   return smisk::ipc::detail::robust::cond_wait(c, m, nullptr);
 }
 
 extern "C" inline int smisk_ipc_robust_cond_timedwait(pthread_cond_t* c, pthread_mutex_t* m,
                                                       const struct timespec* t) noexcept {
-  return smisk::ipc::detail::robust::cond_wait(c, m, t);
+  namespace r = smisk::ipc::detail::robust;
+  if (!r::current_env) return r::real_cond_timedwait.load(std::memory_order_acquire)(c, m, t);
+  return r::cond_wait(c, m, t);
 }
 
-extern "C" inline int smisk_ipc_robust_cond_destroy(pthread_cond_t*) noexcept {
+extern "C" inline int smisk_ipc_robust_cond_destroy(pthread_cond_t* c) noexcept {
   namespace r = smisk::ipc::detail::robust;
+  if (!r::current_env) return ::pthread_cond_destroy(c);
   r::count(r::event_counts.cond_destroys);
   return 0;
 }
 
 extern "C" inline int smisk_ipc_robust_rwlock_rdlock(pthread_rwlock_t* l) noexcept {
   namespace r = smisk::ipc::detail::robust;
+  if (!r::current_env) return ::pthread_rwlock_rdlock(l);
   return r::rwlock_lock(l, r::real_tryrdlock.load(std::memory_order_acquire),
                         r::real_timedrdlock.load(std::memory_order_acquire));
 }
 
 extern "C" inline int smisk_ipc_robust_rwlock_wrlock(pthread_rwlock_t* l) noexcept {
   namespace r = smisk::ipc::detail::robust;
+  if (!r::current_env) return ::pthread_rwlock_wrlock(l);
   return r::rwlock_lock(l, r::real_trywrlock.load(std::memory_order_acquire),
                         r::real_timedwrlock.load(std::memory_order_acquire));
 }
 
-extern "C" inline int smisk_ipc_robust_munmap(void* addr, std::size_t len) noexcept {
-  namespace r = smisk::ipc::detail::robust;
-  // Nothing of this thread's robust list may point into memory that goes away.
+namespace smisk::ipc::detail::robust {
+/// Unmaps memory of the library's environments: nothing of this thread's robust list may point
+/// into memory that goes away, and broken marks there are forgotten.
+inline int unmap_region(void* addr, std::size_t len) noexcept {
   const auto lo = reinterpret_cast<std::uintptr_t>(addr), hi = lo + len;
-  r::forget_holds([&](const void* m) {
+  forget_holds([&](const void* m) {
     const auto a = reinterpret_cast<std::uintptr_t>(m);
     return a >= lo && a < hi;
   });
-  int rc = r::real_munmap.load(std::memory_order_acquire)(addr, len);
-  if (rc == 0) r::forget_broken(lo, hi);
+  int rc = real_munmap.load(std::memory_order_acquire)(addr, len);
+  if (rc == 0) forget_broken(lo, hi);
   return rc;
+}
+}  // namespace smisk::ipc::detail::robust
+
+extern "C" inline int smisk_ipc_robust_munmap(void* addr, std::size_t len) noexcept {
+  namespace r = smisk::ipc::detail::robust;
+  if (!r::current_env) return r::real_munmap.load(std::memory_order_acquire)(addr, len);
+  return r::unmap_region(addr, len);
+}
+
+extern "C" inline int smisk_ipc_robust_open(const char* path, int flags, ...) noexcept {
+  mode_t mode = 0;
+  if ((flags & O_CREAT) != 0 || (flags & O_TMPFILE) == O_TMPFILE) {
+    va_list args;
+    va_start(args, flags);
+    mode = static_cast<mode_t>(va_arg(args, int));
+    va_end(args);
+  }
+  const int fd = ::open(path, flags, mode);
+  smisk::ipc::detail::robust::note_open(fd);
+  return fd;
+}
+
+namespace smisk::ipc::detail::robust {
+/// Whether libdb, listing a home inside a library call, sees `name`. It takes every name that
+/// starts with "__db" for a region file (and removes them all when it recovers) and every name
+/// that starts with "log." for a log file (and parses the rest as its number): a user's
+/// "__db.notes" would be deleted and a user's "log.1" taken for log file 1. Only the exact names
+/// are shown: "__db." and three digits, "log." and ten digits.
+inline bool libdb_may_see(const char* name) noexcept {
+  auto exact = [name](const char* prefix, std::size_t digits) {
+    const std::size_t n = std::strlen(prefix);
+    if (std::strlen(name) != n + digits) return false;
+    for (std::size_t i = n; i < n + digits; ++i)
+      if (name[i] < '0' || name[i] > '9') return false;
+    return true;
+  };
+  if (std::strncmp(name, "__db", 4) == 0)
+    return std::strncmp(name, "__db.", 5) == 0 && exact("__db.", 3);
+  if (std::strncmp(name, "log.", 4) == 0) return exact("log.", 10);
+  return true;
+}
+}  // namespace smisk::ipc::detail::robust
+
+extern "C" inline struct dirent* smisk_ipc_robust_readdir(DIR* dir) noexcept {
+  namespace r = smisk::ipc::detail::robust;
+  for (;;) {
+    struct dirent* e = ::readdir(dir);
+    if (!e || !r::current_env || r::libdb_may_see(e->d_name)) return e;
+  }
+}
+
+extern "C" inline int smisk_ipc_robust_close(int fd) noexcept {
+  smisk::ipc::detail::robust::note_close(fd);
+  return ::close(fd);
 }
 
 namespace smisk::ipc::detail::robust {
@@ -543,6 +673,7 @@ inline std::atomic<bool> fault_handler_installed{false};
 /// DB_RUNRECOVERY, as for the deadlock detector.
 template <class F>
 inline int call_guarded(DB_ENV* dbenv, F&& f) noexcept {
+  library_call inside(dbenv);
   if (!fault_handler_installed.load(std::memory_order_acquire)) return f();
   sigjmp_buf escape;
   sigjmp_buf* const outer = detect_escape;
@@ -585,7 +716,7 @@ extern "C" inline int smisk_ipc_robust_lock_detect(ENV* env, u_int32_t atype,
   r::lock_detect_fn real = r::real_lock_detect.load(std::memory_order_acquire);
   // DB_ENV is the first member of libdb's ENV (dbinc/db_int.h: struct __env { DB_ENV *dbenv;).
   DB_ENV* dbenv = env ? *reinterpret_cast<DB_ENV**>(env) : nullptr;
-  if (!dbenv) return real(env, atype, rejectp);
+  if (!dbenv || !r::current_env) return real(env, atype, rejectp);
   return r::call_guarded(dbenv, [&] { return real(env, atype, rejectp); });
 }
 
@@ -893,6 +1024,9 @@ inline bool do_install(char* message, std::size_t size) noexcept {
       {"pthread_rwlock_rdlock", address_of(&::smisk_ipc_robust_rwlock_rdlock), {}, 0, {}, false},
       {"pthread_rwlock_wrlock", address_of(&::smisk_ipc_robust_rwlock_wrlock), {}, 0, {}, false},
       {"munmap", address_of(&::smisk_ipc_robust_munmap), {}, 0, {}, false},
+      {"open", address_of(&::smisk_ipc_robust_open), {}, 0, {}, false},
+      {"close", address_of(&::smisk_ipc_robust_close), {}, 0, {}, false},
+      {"readdir", address_of(&::smisk_ipc_robust_readdir), {}, 0, {}, false},
       {"__lock_detect", address_of(&::smisk_ipc_robust_lock_detect), {}, 0, {}, false},
       {"__os_yield", address_of(&::smisk_ipc_robust_os_yield), {}, 0, {}, false},
       // Last: mutexes become robust only once the functions above handle what that brings.
@@ -1069,6 +1203,15 @@ inline int abort_waits(const char* home) noexcept {
     ++found;
   });
   return found;
+}
+
+/// Whether the fault handler is still the process's SIGSEGV handler (the application may have
+/// installed its own after it; faults inside libdb then reach that one first).
+inline bool fault_handler_current() noexcept {
+  if (!fault_handler_installed.load(std::memory_order_acquire)) return false;
+  struct sigaction now {};
+  if (::sigaction(SIGSEGV, nullptr, &now) != 0 || (now.sa_flags & SA_SIGINFO) == 0) return false;
+  return now.sa_sigaction == &::smisk_ipc_robust_on_fault || ours(address_of(now.sa_sigaction));
 }
 
 }  // namespace smisk::ipc::detail::robust
