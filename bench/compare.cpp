@@ -255,10 +255,27 @@ inline DBT dbt(const void* p, std::size_t n) {
 /// mode unsafe: locking only. mode patched: same, with smisk-ipc's robust-mutex patch.
 enum class raw_mode { same, unsafe, patched };
 
+/// Whether this process is the "raw BDB same+patch" baseline.
+inline bool& patched_scope() {
+  static bool on = false;
+  return on;
+}
+/// Makes every libdb call of the calling thread count as one of the library's (see raw_bdb).
+inline void enter_patched_scope() {
+  static DB_ENV* const any_env = reinterpret_cast<DB_ENV*>(&patched_scope);
+  if (patched_scope()) ipc::detail::robust::current_env = any_env;
+}
+
 class raw_bdb {
  public:
   raw_bdb(const std::string& dir, raw_mode mode) : dir_(dir), mode_(mode) {
-    if (mode_ == raw_mode::patched) ipc::detail::robust::install();
+    if (mode_ == raw_mode::patched) {
+      // The patch acts only inside the library's own libdb calls (robust::current_env): this
+      // baseline's threads count as such for the whole process.
+      ipc::detail::robust::install();
+      patched_scope() = true;
+      enter_patched_scope();
+    }
     ::mkdir(dir_.c_str(), 0700);
     open(true);
     put_meta(data_file);
@@ -425,6 +442,7 @@ class raw_bdb {
       cv.notify_one();
     }
     void loop(DB_ENV* env) {
+      enter_patched_scope();
       std::unique_lock<std::mutex> lock(mutex);
       for (;;) {
         cv.wait(lock, [&] { return stopping || wanted; });

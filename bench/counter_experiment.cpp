@@ -261,6 +261,17 @@ std::int64_t parse(const char* p, std::size_t n) {
   return v;
 }
 
+/// Whether this process runs a variant with the robust-mutex patch.
+inline bool& patched_scope() {
+  static bool on = false;
+  return on;
+}
+/// Makes every libdb call of the calling thread count as one of the library's.
+inline void enter_patched_scope() {
+  static DB_ENV* const any_env = reinterpret_cast<DB_ENV*>(&patched_scope);
+  if (patched_scope()) smisk::ipc::detail::robust::current_env = any_env;
+}
+
 /// shared_dict's checkpoints: every 4096 writes of a process, a checkpoint (txn_checkpoint(1024
 /// KiB)) is asked of a background thread that the first request starts; writers never
 /// checkpoint themselves.
@@ -278,6 +289,7 @@ struct checkpointer {
     cv.notify_one();
   }
   void loop(DB_ENV* env) {
+    enter_patched_scope();
     std::unique_lock<std::mutex> lock(mutex);
     for (;;) {
       cv.wait(lock, [&] { return stopping || wanted; });
@@ -540,7 +552,13 @@ outcome run_once(const variant& v, int ops, const std::string& home, bool pin) {
   if (owner == 0) {
     int status = 0;
     try {
-      if (v.patch) smisk::ipc::detail::robust::install();
+      if (v.patch) {
+        // The patch acts only inside the library's own libdb calls: every libdb call of this
+        // process counts as one (robust::current_env, in this thread and the checkpointer's).
+        smisk::ipc::detail::robust::install();
+        patched_scope() = true;
+        enter_patched_scope();
+      }
       spin_tries.store(v.mutex_spins);
       ::mkdir(home.c_str(), 0700);
       handles h = open_env(v, home, true);

@@ -2,8 +2,10 @@
 # Installs what is missing, builds everything and runs the whole test suite
 # through ctest twice: a RelWithDebInfo build (build/), then an ASan+UBSan
 # Debug build (build-asan/); then the threaded tests of one process under
-# ThreadSanitizer (build-tsan/). Only the 60 s chaos runs (label chaos_long) are
-# left out: `ctest --test-dir build -L chaos_long` runs them.
+# ThreadSanitizer (build-tsan/), and a Release (-O3) build of everything
+# (build-release/, compiled only: every build type must build warning-free).
+# Left out: the 60 s chaos runs (label chaos_long: `ctest --test-dir build -L
+# chaos_long`) and the 1,000-recovery soak (label soak: `ctest --test-dir build -L soak`).
 # Exits non-zero if any step fails. Works from any directory.
 set -uo pipefail
 
@@ -29,18 +31,16 @@ step "install-deps" bash scripts/install-deps.sh || {
   exit 1
 }
 
-# build/: RelWithDebInfo, every test but the 60 s chaos runs (`ctest -L chaos_long` runs them;
-# the normal suite has a 10 s chaos run per dict kind and the deadlock storms, label crash; each
-# crash case runs alone, RUN_SERIAL, since they measure stalls).
+# build/: RelWithDebInfo, every test but the long runs (the normal suite has a 10 s chaos run per
+# dict kind, the deadlock storms and a 300-recovery soak, label crash; each crash case runs
+# alone, RUN_SERIAL, since they measure stalls). Nothing is run a second time: a test that checks
+# data (a lost write, a wrong counter, a failed verify, a leaked descriptor) must pass at once.
 if step "configure build" cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DSMISK_IPC_BUILD_TESTS=ON -DSMISK_IPC_BUILD_EXAMPLES=ON -DSMISK_IPC_SANITIZE=OFF &&
   step "build build" cmake --build build -j"$jobs"; then
-  step "ctest build" ctest --test-dir build --output-on-failure -j2 -LE 'chaos_long|crash'
-  # The crash tests, each alone. A case that fails is run once more: their stall bound (2 s) is
-  # wall-clock time on a shared 2-core machine, where the worst stall measured is 0.64 s; a
-  # regression fails both runs.
-  step "ctest build (crash)" ctest --test-dir build --output-on-failure -L crash -LE chaos_long \
-    --repeat until-pass:2
+  step "ctest build" ctest --test-dir build --output-on-failure -j2 -LE 'chaos_long|crash|soak'
+  step "ctest build (crash)" ctest --test-dir build --output-on-failure -L crash \
+    -LE 'chaos_long|soak'
 fi
 
 # build-asan/: Debug with AddressSanitizer and UndefinedBehaviorSanitizer.
@@ -57,11 +57,11 @@ if step "configure build-asan" cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug
   # thread of the parent is inside malloc hangs at its first allocation. The library keeps its own
   # threads out of the way (see detail/posix.hpp), but threads_test's fork_while_other_threads
   # forks while the test's own threads allocate, so it can only run in the release build.
-  step "ctest build-asan" ctest --test-dir build-asan --output-on-failure -j2 -LE 'chaos_long|crash' \
-    -E 'fork_while_other_threads'
-  # The crash tests under the sanitizers too (each alone; a failure is retried once, as above).
+  step "ctest build-asan" ctest --test-dir build-asan --output-on-failure -j2 \
+    -LE 'chaos_long|crash|soak' -E 'fork_while_other_threads'
+  # The crash tests under the sanitizers too (each alone).
   step "ctest build-asan (crash)" ctest --test-dir build-asan --output-on-failure -L crash \
-    -LE chaos_long --repeat until-pass:2
+    -LE 'chaos_long|soak'
 fi
 
 # build-tsan/: the threaded tests of one process under ThreadSanitizer. Berkeley DB itself is not
@@ -76,8 +76,15 @@ if step "configure build-tsan" cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWi
     --gtest_filter='threads.one_copied_handle_shared_by_many_threads:threads.threads_open_use_and_close_dicts_of_one_home_at_once:threads.a_busy_key_is_retried_16_times_then_waited_for'
 fi
 
+# build-release/: Release (-O3), everything compiled (tests, examples), warning-free; not run
+# again (the same code ran above).
+if step "configure build-release" cmake -S . -B build-release -DCMAKE_BUILD_TYPE=Release \
+  -DSMISK_IPC_BUILD_TESTS=ON -DSMISK_IPC_BUILD_EXAMPLES=ON -DSMISK_IPC_INSTALL=OFF; then
+  step "build build-release" cmake --build build-release -j"$jobs"
+fi
+
 if ((${#failed[@]} == 0)); then
-  echo "SUMMARY: PASSED (build/ RelWithDebInfo, build-asan/ ASan+UBSan and the threaded tests under TSan)"
+  echo "SUMMARY: PASSED (build/ RelWithDebInfo, build-asan/ ASan+UBSan, the threaded tests under TSan, build-release/ Release compiled)"
   exit 0
 fi
 echo "SUMMARY: FAILED: ${failed[*]}"

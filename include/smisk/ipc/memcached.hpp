@@ -707,14 +707,14 @@ class backend {
   /// A random generation in [1, 2^62): never one that was used before, with overwhelming
   /// probability, and far from overflowing memcached's 64-bit incr.
   static std::uint64_t fresh_generation() {
-    static std::mutex mutex;
+    static auto* mutex = new detail::fork_safe_mutex;  // never destroyed; see fork_safe_mutex
     static std::mt19937_64 engine = [] {
       std::random_device device;
       std::seed_seq seed{device(), device(), device(), device(), static_cast<unsigned>(::getpid())};
       return std::mt19937_64(seed);
     }();
     static unsigned seeded_in = detail::fork_generation();
-    std::lock_guard<std::mutex> lock(mutex);
+    std::lock_guard<detail::fork_safe_mutex> lock(*mutex);
     if (seeded_in != detail::fork_generation()) {  // a child must not repeat its parent
       std::random_device device;
       std::seed_seq seed{device(), device(), device(), device(), static_cast<unsigned>(::getpid())};

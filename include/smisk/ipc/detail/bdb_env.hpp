@@ -478,10 +478,21 @@ struct checkpoint_state {
   bool final = false;     // with stopping: one last checkpoint (persistent homes)
   bool inside = false;    // the thread is inside DB_ENV->txn_checkpoint
   bool exited = false;
+  /// A broken environment was left to the stuck thread: it releases it when it gets out.
+  bool release_on_exit = false;
   std::atomic<bool> broken{false};     // the environment's broken flag
   std::atomic<bool> dead_seen{false};  // failchk met a dead process's thread (is_alive said so)
   /// The address ranges of the environment's regions in this process, recorded at open.
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> regions;
+
+  /// Closes the descriptors libdb opened for a broken environment and unmaps its regions (see
+  /// environment::release_broken); no thread of this process may be inside it.
+  void release(DB_ENV* env) noexcept {
+    robust::close_descriptors_of(env);
+    for (const auto& range : regions)
+      (void)robust::unmap_region(reinterpret_cast<void*>(range.first), range.second - range.first);
+    regions.clear();
+  }
 
   /// Marks the environment broken, declares its regions broken in this process (waits there
   /// fail) and drops what the calling thread holds there from its robust list (see
@@ -615,6 +626,16 @@ class environment {
       watchdog_.join();
       abandon = !stop_checkpoints();
       if (abandon) {
+        // The thread is stuck inside libdb (a checkpoint in a broken environment usually gets
+        // out within a few wait slices): it releases the environment itself when it does, so
+        // that abandoned environments do not pile up.
+        if (broken()) {
+          std::lock_guard<std::mutex> lock(checkpoints_->mutex);
+          if (checkpoints_->exited)
+            checkpoints_->release(env_);
+          else
+            checkpoints_->release_on_exit = true;
+        }
         if (checkpointer_.joinable()) checkpointer_.detach();
         stats().environments_abandoned.fetch_add(1, std::memory_order_relaxed);
       } else {
@@ -745,6 +766,7 @@ class environment {
       }
       if (last) {
         state->exited = true;
+        if (state->release_on_exit) state->release(env);
         state->cv.notify_all();
         return;
       }
@@ -774,10 +796,7 @@ class environment {
   /// libdb's heap memory of the handles (DB_ENV, DB: a few kilobytes per recovery).
   void release_broken() noexcept {
     if (inflight_.load(std::memory_order_seq_cst) != 0) return;  // leave it mapped
-    robust::close_descriptors_of(env_);
-    for (const auto& range : checkpoints_->regions)
-      (void)robust::unmap_region(reinterpret_cast<void*>(range.first), range.second - range.first);
-    checkpoints_->regions.clear();
+    checkpoints_->release(env_);
   }
 
   bool stop_checkpoints() noexcept {

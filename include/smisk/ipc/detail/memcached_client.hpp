@@ -172,10 +172,9 @@ inline bool is_broken_connection(memcached_return_t rc) noexcept {
 /// Handles that belonged to a parent process: never used, freed or closed in the child (freeing
 /// would send "quit" on the parent's connections), only kept reachable.
 inline void park_foreign_handles(std::vector<memcached_st*>& handles) noexcept {
-  static std::mutex mutex;
-  // Never destroyed: usable during exit.
+  static auto* mutex = new fork_safe_mutex;  // never destroyed: usable during exit
   static auto* parked = new (std::nothrow) std::vector<memcached_st*>;
-  std::lock_guard<std::mutex> lock(mutex);
+  std::lock_guard<fork_safe_mutex> lock(*mutex);
   try {
     if (parked != nullptr) parked->insert(parked->end(), handles.begin(), handles.end());
   } catch (...) {  // out of memory: leaking them unreachable is the only other choice
@@ -203,14 +202,18 @@ class client_pool {
   client_pool& operator=(const client_pool&) = delete;
 
   ~client_pool() {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (generation_ == fork_generation()) {
-      for (memcached_st* h : idle_) memcached_free(h);
-      idle_.clear();
-    } else {
-      foreign_.insert(foreign_.end(), idle_.begin(), idle_.end());
-      idle_.clear();
+    std::vector<memcached_st*> mine;
+    {
+      // fork_safe_mutexes are never nested: the handles are moved out first.
+      std::lock_guard<fork_safe_mutex> lock(mutex_);
+      if (generation_ == fork_generation()) {
+        mine.swap(idle_);
+      } else {
+        foreign_.insert(foreign_.end(), idle_.begin(), idle_.end());
+        idle_.clear();
+      }
     }
+    for (memcached_st* h : mine) memcached_free(h);
     if (!foreign_.empty()) park_foreign_handles(foreign_);
   }
 
@@ -234,7 +237,7 @@ class client_pool {
   [[nodiscard]] lease acquire() {
     const unsigned generation = fork_generation();
     {
-      std::lock_guard<std::mutex> lock(mutex_);
+      std::lock_guard<fork_safe_mutex> lock(mutex_);
       if (generation != generation_) {
         // A child of fork(): the idle handles are the parent's connections.
         foreign_.insert(foreign_.end(), idle_.begin(), idle_.end());
@@ -348,7 +351,7 @@ class client_pool {
   }
 
   void release(memcached_st* handle, unsigned generation) noexcept {
-    std::lock_guard<std::mutex> lock(mutex_);
+    std::lock_guard<fork_safe_mutex> lock(mutex_);
     try {
       if (generation == generation_ && generation == fork_generation())
         idle_.push_back(handle);
@@ -360,7 +363,9 @@ class client_pool {
   }
 
   const client_config config_;
-  std::mutex mutex_;
+  /// Short critical sections only: fork() takes it (see fork_safe_mutex), so a child never finds
+  /// it held by a parent thread.
+  fork_safe_mutex mutex_;
   unsigned generation_;  // fork generation of the handles in idle_
   std::vector<memcached_st*> idle_;
   std::vector<memcached_st*> foreign_;  // a parent's handles, see park_foreign_handles
@@ -371,22 +376,30 @@ class client_pool {
 /// The pool of this process for `config`: every backend with the same nodes and timeouts shares
 /// one, so that opening many dicts does not open many connections.
 inline std::shared_ptr<client_pool> shared_pool(const client_config& config) {
-  static std::mutex mutex;
-  static auto* pools = new std::map<std::string, std::weak_ptr<client_pool>>;  // never destroyed
+  // Never destroyed. The mutex is a fork_safe_mutex, held only to look up and insert: a new pool
+  // connects to its servers, which is done outside it (two threads may both connect; one pool
+  // is kept).
+  static auto* mutex = new fork_safe_mutex;
+  static auto* pools = new std::map<std::string, std::weak_ptr<client_pool>>;
   const std::string id = config.identity();
-  std::lock_guard<std::mutex> lock(mutex);
-  for (auto it = pools->begin(); it != pools->end();) {
-    if (it->second.expired() && it->first != id)
-      it = pools->erase(it);
-    else
-      ++it;
+  {
+    std::lock_guard<fork_safe_mutex> lock(*mutex);
+    for (auto it = pools->begin(); it != pools->end();) {
+      if (it->second.expired() && it->first != id)
+        it = pools->erase(it);
+      else
+        ++it;
+    }
+    if (std::shared_ptr<client_pool> pool = (*pools)[id].lock()) return pool;
   }
-  std::shared_ptr<client_pool> pool = (*pools)[id].lock();
-  if (!pool) {
-    pool = std::make_shared<client_pool>(config);
-    (*pools)[id] = pool;
+  auto fresh = std::make_shared<client_pool>(config);
+  std::shared_ptr<client_pool> kept;
+  {
+    std::lock_guard<fork_safe_mutex> lock(*mutex);
+    kept = (*pools)[id].lock();
+    if (!kept) (*pools)[id] = kept = fresh;
   }
-  return pool;
+  return kept;  // `fresh`, if not kept, is freed here, outside the mutex
 }
 
 // ---- keys --------------------------------------------------------------------------------------
