@@ -298,8 +298,7 @@ class backend {
   }
 
   static bool usable(const detail::bdb::database& d) noexcept {
-    return d.generation() == detail::fork_generation() && !d.closed() && !d.env().broken() &&
-           !d.env().closing();
+    return d.generation() == detail::fork_generation() && !d.closed() && !d.env().broken();
   }
 
   /// Opens the database again (in a child of fork(), or after a break). The swap mutex is held
@@ -315,10 +314,8 @@ class backend {
       old = owner_;
     }
     const bool same_process = old->generation() == detail::fork_generation();
-    if (same_process && !old->env().broken() && (old->closed() || old->env().closing()))
-      throw engine_error(
-          "smisk::ipc: the process is exiting: exit() closed the dicts (operations already "
-          "running were let finish); calls made after exit() began are refused");
+    if (same_process && !old->env().broken() && old->closed())
+      throw engine_error("smisk::ipc: the dict was closed");
     if (same_process) detail::bdb::registry::instance().recover(old->env_ptr());
     // A child of fork() opens its own handles (the parent's stay untouched); after a recovery
     // this process opens the new environment.

@@ -174,9 +174,6 @@ class backoff {
   int tries_ = 0;
 };
 
-/// How long exit() waits for operations other threads are running before it closes the dicts.
-constexpr std::chrono::milliseconds exit_drain_limit{2000};
-
 /// How often each process checks for dead processes that hold locks.
 constexpr std::chrono::milliseconds watch_interval{100};
 /// failchk runs at least every this many intervals (5 s), even when nothing seems stuck.
@@ -352,8 +349,12 @@ class home_lease {
   home_lease& operator=(const home_lease&) = delete;
 
   /// Leaves the home; the last process out of a temporary home removes it.
-  ~home_lease() {
+  ~home_lease() { leave(); }
+
+  /// Leaves the home now (at exit: see registry::at_exit). Idempotent.
+  void leave() noexcept {
     if (generation_ != fork_generation()) return;  // a copy inherited over fork(): not ours
+    if (left_.exchange(true)) return;
     try {
       // The home exists while this process is a member; never re-create it from here.
       lock_fd gate(home_ + "/" + lock_file_name, O_RDWR | O_NOFOLLOW, 0, home_, false);
@@ -462,6 +463,7 @@ class home_lease {
   unsigned mode_;
   unsigned generation_;
   bool alone_ = false;
+  std::atomic<bool> left_{false};
   lock_fd gate_;   // holds the gate from construction until unlock_gate()
   lock_fd users_;  // holds byte 1 shared: this process's membership
 };
@@ -618,13 +620,7 @@ class environment {
     if (!env_) return;
     bool abandon = false;
     {
-      {
-        std::lock_guard<std::mutex> w(watch_mutex_);
-        stopping_ = true;
-      }
-      watch_cv_.notify_all();
-      watchdog_.join();
-      abandon = !stop_checkpoints();
+      abandon = !stop_threads();
       if (abandon) {
         // The thread is stuck inside libdb (a checkpoint in a broken environment usually gets
         // out within a few wait slices): it releases the environment itself when it does, so
@@ -636,10 +632,8 @@ class environment {
           else
             checkpoints_->release_on_exit = true;
         }
-        if (checkpointer_.joinable()) checkpointer_.detach();
         stats().environments_abandoned.fetch_add(1, std::memory_order_relaxed);
       } else {
-        if (checkpointer_.joinable()) checkpointer_.join();
         if (broken()) {
           release_broken();
         } else {
@@ -655,6 +649,18 @@ class environment {
     // home whose other dicts were still open (all their data lost).
     if (!broken()) lease_.reset();
     env_ = nullptr;
+  }
+
+  /// At exit (see registry::at_exit): ends the library's threads and writes the log buffer
+  /// out, closing nothing. Idempotent.
+  void quiesce() noexcept {
+    if (generation_ != fork_generation()) return;
+    std::lock_guard<std::mutex> lock(shutdown_mutex_);
+    if (!env_ || quiesced_) return;
+    quiesced_ = true;
+    stop_threads();
+    DB_ENV* e = env_;
+    if (!broken()) robust::call_guarded(e, [e] { return e->log_flush(e, nullptr); });
   }
 
   [[nodiscard]] DB_ENV* handle() const noexcept { return env_; }
@@ -677,13 +683,10 @@ class environment {
   /// of this process is inside it. @returns false (and enters nothing) if it is broken.
   [[nodiscard]] bool enter() noexcept {
     inflight_.fetch_add(1, std::memory_order_seq_cst);
-    if (!broken() && !closing()) return true;
+    if (!broken()) return true;
     inflight_.fetch_sub(1, std::memory_order_seq_cst);
     return false;
   }
-  /// At exit: no operation enters from now on (see registry::close_all).
-  void begin_close() noexcept { closing_.store(true, std::memory_order_seq_cst); }
-  [[nodiscard]] bool closing() const noexcept { return closing_.load(std::memory_order_seq_cst); }
   void leave() noexcept {
     completed_.fetch_add(1, std::memory_order_relaxed);
     inflight_.fetch_sub(1, std::memory_order_seq_cst);
@@ -706,7 +709,8 @@ class environment {
       {
         std::lock_guard<std::mutex> lock(checkpoints_->mutex);
         checkpoints_->wanted = true;
-        start_checkpointer_locked();
+        // Not once the threads were stopped (at exit: see quiesce()).
+        if (!checkpoints_->stopping) start_checkpointer_locked();
       }
       checkpoints_->cv.notify_one();
     }
@@ -799,6 +803,26 @@ class environment {
     checkpoints_->release(env_);
   }
 
+  /// Ends the watchdog and the checkpoint thread (see stop_checkpoints), once. @returns false
+  /// if the checkpoint thread is stuck (it is then detached).
+  bool stop_threads() noexcept {
+    if (threads_stopped_) return !threads_abandoned_;
+    threads_stopped_ = true;
+    {
+      std::lock_guard<std::mutex> w(watch_mutex_);
+      stopping_ = true;
+    }
+    watch_cv_.notify_all();
+    if (watchdog_.joinable()) watchdog_.join();
+    threads_abandoned_ = !stop_checkpoints();
+    if (threads_abandoned_) {
+      if (checkpointer_.joinable()) checkpointer_.detach();
+    } else if (checkpointer_.joinable()) {
+      checkpointer_.join();
+    }
+    return !threads_abandoned_;
+  }
+
   bool stop_checkpoints() noexcept {
     std::unique_lock<std::mutex> lock(checkpoints_->mutex);
     checkpoints_->stopping = true;
@@ -867,12 +891,14 @@ class environment {
   std::atomic<std::uint64_t> writes_{0};
   std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();
   std::atomic<int> inflight_{0};
-  std::atomic<bool> closing_{false};
   std::atomic<std::uint64_t> completed_{0};
   std::mutex shutdown_mutex_;
   std::mutex watch_mutex_;
   std::condition_variable watch_cv_;
   bool stopping_ = false;
+  bool quiesced_ = false;           // under shutdown_mutex_
+  bool threads_stopped_ = false;    // under shutdown_mutex_
+  bool threads_abandoned_ = false;  // under shutdown_mutex_
   std::thread watchdog_;
   std::thread checkpointer_;
 };
@@ -1135,31 +1161,20 @@ class registry {
     recover_locked(env);
   }
 
-  /// Closes every dict of this process (at exit, so that temporary homes are removed even when
-  /// handles are still open). Operations that other threads are running are let finish (for up
-  /// to exit_drain_limit); later ones throw engine_error ("the process is exiting").
-  void close_all() noexcept {
+  /// At exit(): nothing is closed, since other threads may still be inside a dict or about to
+  /// call one while the process ends (closing under them made them throw, and an uncaught
+  /// exception in a thread is std::terminate). Instead the library's threads stop (after a last
+  /// checkpoint of a persistent home), the log buffer is written, and this process leaves its
+  /// homes: the last process out of a temporary home removes it, while this process's handles
+  /// stay usable (on unlinked files) until it ends.
+  void at_exit() noexcept {
     std::lock_guard<std::mutex> lock(mutex_);
     if (generation_ != fork_generation()) return;
-    std::vector<std::shared_ptr<environment>> envs;
     for (auto& entry : environments_)
-      if (auto env = entry.second.lock()) envs.push_back(std::move(env));
-    for (auto& env : envs) env->begin_close();
-    const auto deadline = std::chrono::steady_clock::now() + exit_drain_limit;
-    for (auto& env : envs) {
-      const auto left = deadline - std::chrono::steady_clock::now();
-      if (!env->drain(std::chrono::duration_cast<std::chrono::milliseconds>(
-              std::max<std::chrono::steady_clock::duration>(left, {}))))
-        return;  // still busy: leave everything open (the OS releases it at _exit)
-    }
-    for (auto& entry : databases_)
-      if (auto db = entry.second.lock()) db->shutdown();
-    for (auto& entry : environments_)
-      if (auto env = entry.second.lock()) env->shutdown();
-    databases_.clear();
-    environments_.clear();
-    formats_.clear();
-    recovering_leases_.clear();
+      if (auto env = entry.second.lock()) env->quiesce();
+    for (auto& entry : leases_)
+      if (auto lease = entry.second.lock()) lease->leave();
+    for (auto& entry : recovering_leases_) entry.second->leave();
   }
 
  private:
@@ -1309,7 +1324,7 @@ class registry {
 
   void register_exit_handler() {
     static const bool registered = [] {
-      std::atexit([] { registry::instance().close_all(); });
+      std::atexit([] { registry::instance().at_exit(); });
       return true;
     }();
     (void)registered;
