@@ -141,9 +141,6 @@ struct error_log {
   }
 };
 
-/// Where temporary dicts live: tmpfs as in production (the default home is on /dev/shm).
-std::string temp_base() { return is_directory("/dev/shm") ? "/dev/shm" : "/tmp"; }
-
 ipc::bsddb::options dict_options(
     const std::string& home, const std::string& name, bool persistent,
     ipc::bsddb::access_method method = ipc::bsddb::access_method::hash) {

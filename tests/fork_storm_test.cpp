@@ -46,9 +46,6 @@ constexpr int kOutstanding = 2;
 /// How long the threads go on forking: 300 children take about 3 s when none hangs.
 constexpr auto kForkBudget = 30s;
 
-/// Where temporary dicts live: tmpfs as in production (the default home is on /dev/shm).
-std::string temp_base() { return is_directory("/dev/shm") ? "/dev/shm" : "/tmp"; }
-
 ipc::bsddb::options temp_options(const temp_dir& dir, const std::string& name) {
   ipc::bsddb::options o;
   o.homedir = dir.path();

@@ -33,9 +33,6 @@ using namespace smisk_test;
 using namespace std::chrono_literals;
 using int_dict = ipc::shared_dict<std::string, std::int64_t>;
 
-/// Where temporary dicts live: tmpfs as in production (the default home is on /dev/shm).
-std::string temp_base() { return is_directory("/dev/shm") ? "/dev/shm" : "/tmp"; }
-
 ipc::bsddb::options temp_options(const temp_dir& dir, const std::string& name) {
   ipc::bsddb::options o;
   o.homedir = dir.path();

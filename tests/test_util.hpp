@@ -65,6 +65,10 @@ enum child_exit_code : int {
 // ---------------------------------------------------------------------------
 // File system
 
+/// Where temporary dicts of a test live: tmpfs as in production (the default home is on
+/// /dev/shm), else /tmp.
+inline std::string temp_base();
+
 /// True if something (file, directory, symlink, even a dangling one) is at path.
 inline bool path_exists(const std::string& path) {
   struct stat st {};
@@ -82,6 +86,8 @@ inline bool is_directory(const std::string& path) {
   auto st = lstat_path(path);
   return st && S_ISDIR(st->st_mode);
 }
+
+inline std::string temp_base() { return is_directory("/dev/shm") ? "/dev/shm" : "/tmp"; }
 
 inline bool is_symlink(const std::string& path) {
   auto st = lstat_path(path);
