@@ -59,9 +59,11 @@ if step "configure build-asan" cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug
   # forks while the test's own threads allocate, so it can only run in the release build.
   step "ctest build-asan" ctest --test-dir build-asan --output-on-failure -j2 \
     -LE 'chaos_long|crash|soak' -E 'fork_while_other_threads'
-  # The crash tests under the sanitizers too (each alone).
+  # The crash tests under the sanitizers too (each alone). The recovery soak forks hundreds of
+  # children from a process whose library threads allocate, which GCC 12's libasan cannot do
+  # reliably (see above): it runs in the release build only.
   step "ctest build-asan (crash)" ctest --test-dir build-asan --output-on-failure -L crash \
-    -LE 'chaos_long|soak'
+    -LE 'chaos_long|soak' -E 'recovery_soak'
 fi
 
 # build-tsan/: the threaded tests of one process under ThreadSanitizer. Berkeley DB itself is not
