@@ -571,10 +571,10 @@ class environment {
       });
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
       if (recover) stats().recoveries.fetch_add(1, std::memory_order_relaxed);
-      // No failchk when joining: what a dead process left behind is found by the watchdog as
-      // soon as an operation waits for it (see watch()). A failchk at every join made forked
-      // children and newcomers spin (libdb's failchk mode polls a busy mutex, without
-      // sleeping, for as long as a live process holds it) and serialised them behind the gate.
+      if (!recover) {
+        rc = robust::call_guarded(env_, [this] { return env_->failchk(env_, 0); });
+        if (rc != 0) raise("DB_ENV->failchk", rc, lease_->home());
+      }
     } catch (...) {
       DB_ENV* e = env_;
       robust::call_guarded(e, [e] { return e->close(e, 0); });
