@@ -536,24 +536,20 @@ struct checkpoint_state {
   std::atomic<bool> dead_seen{false};  // failchk met a dead process's thread (is_alive said so)
   /// The address ranges of the environment's regions in this process, recorded at open.
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> regions;
-  /// The environment's primary region file (__db.001, REGENV first), opened with it: still this
-  /// environment's after another process retired it and made a new one under the same name.
-  unique_fd regenv;
+  /// The primary region's first two words (REGENV's magic and panic flag), recorded at open.
+  std::atomic<const std::uint32_t*> regenv{nullptr};
 
-  /// Whether a process panicked the environment (it is dead for every process): REGENV's second
-  /// word. Read from the file, not the mapping, which another thread may be unmapping.
+  /// Whether another process panicked the environment (it is dead for every process).
   [[nodiscard]] bool panicked() const noexcept {
-    std::uint32_t panic = 0;
-    return regenv &&
-           ::pread(regenv.get(), &panic, sizeof panic, sizeof(std::uint32_t)) ==
-               static_cast<ssize_t>(sizeof panic) &&
-           panic != 0;
+    const std::uint32_t* words = regenv.load(std::memory_order_acquire);
+    return words && __atomic_load_n(words + 1, __ATOMIC_RELAXED) != 0;
   }
 
   /// Closes the descriptors libdb opened for a broken environment and unmaps its regions (see
   /// environment::release_broken); no thread of this process may be inside it.
   void release(DB_ENV* env) noexcept {
     robust::close_descriptors_of(env);
+    regenv.store(nullptr, std::memory_order_release);
     for (const auto& range : regions)
       (void)robust::unmap_region(reinterpret_cast<void*>(range.first), range.second - range.first);
     regions.clear();
@@ -652,13 +648,9 @@ class environment {
     robust::for_each_region(home_.c_str(), [this](std::uintptr_t lo, std::uintptr_t hi) {
       checkpoints_->regions.emplace_back(lo, hi);
     });
-    {
-      unique_fd primary(::open((home_ + "/__db.001").c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-      std::uint32_t magic = 0;
-      if (primary &&
-          ::pread(primary.get(), &magic, sizeof magic, 0) == static_cast<ssize_t>(sizeof magic) &&
-          magic == region_magic)
-        checkpoints_->regenv = std::move(primary);
+    if (const std::uintptr_t primary = robust::primary_region(home_.c_str())) {
+      const auto* words = reinterpret_cast<const std::uint32_t*>(primary);
+      if (words[0] == region_magic) checkpoints_->regenv.store(words, std::memory_order_release);
     }
     watchdog_ = start_library_thread([this] {
       block_signals_in_this_thread();

@@ -1203,6 +1203,19 @@ inline void for_each_region(const char* home, F&& f) noexcept {
   });
 }
 
+/// Where the live primary region ("__db.001") of the environment in `home` is mapped in this
+/// process, or 0. For recording an environment's REGENV right after opening it.
+inline std::uintptr_t primary_region(const char* home) noexcept {
+  char real[PATH_MAX + 16];
+  if (!home || !::realpath(home, real)) return 0;
+  std::strcat(real, "/__db.001");
+  std::uintptr_t found = 0;
+  for_each_mapping([&](std::uintptr_t lo, std::uintptr_t, const char* path) {
+    if (!found && std::strcmp(path, real) == 0) found = lo;
+  });
+  return found;
+}
+
 /// Declares broken the memory [lo, hi) (a region of an environment known broken): waits there
 /// fail from now on, as after abort_waits().
 inline void abort_waits_in(std::uintptr_t lo, std::uintptr_t hi) noexcept {
