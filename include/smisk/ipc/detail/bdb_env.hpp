@@ -35,7 +35,6 @@
 
 #include "../codec.hpp"
 #include "../error.hpp"
-#include "journal.hpp"
 #include "lock_fds.hpp"
 #include "posix.hpp"
 #include "robust_mutex.hpp"
@@ -118,8 +117,6 @@ struct statistics {
   std::atomic<std::uint64_t> recoveries{0};
   std::atomic<std::uint64_t> environments_abandoned{0};
   std::atomic<std::uint64_t> lock_conflicts{0};
-  std::atomic<std::uint64_t> writes_found_landed{0};
-  std::atomic<std::uint64_t> writes_redone{0};
 };
 inline statistics& stats() {
   static statistics s;
@@ -145,48 +142,13 @@ inline bool process_alive(pid_t pid) noexcept {
 
 inline void note_dead_thread(DB_ENV* env) noexcept;  // below
 
-/// The processes that the failchk pass running on this thread has found alive (see
-/// run_failchk), or null outside a pass.
-inline thread_local std::vector<pid_t>* failchk_alive = nullptr;
-
 /// is_alive for failchk: this process, or another one that is neither gone nor a zombie. A dead
 /// one is noted for the watchdog (see environment::watch).
-///
-/// Within one failchk pass, a process once found alive stays alive. Berkeley DB 5.3 asks about
-/// each process several times per pass: __dbreg_failchk closes the log registrations (FNAMEs) of
-/// dead processes, and later __mut_failchk frees their per-process mutexes, which include the
-/// mutexes those FNAMEs point to. A process that died between the two questions kept its FNAME
-/// with a freed mutex; the mutex went to another handle, and a later pass locked it through the
-/// stale FNAME while holding it already: the process joining the home spun for ever in
-/// failchk, holding the home's gate (seen in the fork storm, children exiting without closing).
-/// With one answer per pass, such a process is cleaned up whole by the next pass.
 extern "C" inline int is_alive(DB_ENV* env, pid_t pid, db_threadid_t, u_int32_t) {
   if (pid == ::getpid()) return 1;
-  std::vector<pid_t>* pass = failchk_alive;
-  if (pass && std::find(pass->begin(), pass->end(), pid) != pass->end()) return 1;
-  if (process_alive(pid)) {
-    if (pass) {
-      try {
-        pass->push_back(pid);
-      } catch (...) {
-        // Out of memory: this answer is not remembered (the race above becomes possible again).
-      }
-    }
-    return 1;
-  }
+  if (process_alive(pid)) return 1;
   note_dead_thread(env);
   return 0;
-}
-
-/// DB_ENV->failchk with one liveness answer per process for the whole pass (see is_alive).
-inline int run_failchk(DB_ENV* env) {
-  std::vector<pid_t> alive;
-  alive.reserve(64);
-  std::vector<pid_t>* outer = failchk_alive;
-  failchk_alive = &alive;
-  const int rc = robust::call_guarded(env, [env] { return env->failchk(env, 0); });
-  failchk_alive = outer;
-  return rc;
 }
 
 /// Exponential backoff for deadlock and lock-conflict retries.
@@ -286,13 +248,11 @@ inline bool is_region_file_name(const std::string& name) {
 inline bool is_log_file_name(const std::string& name) { return is_numbered_name(name, "log.", 10); }
 
 /// Removes the library's own files from a temporary home, and the home if the library made it.
-/// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the
-/// journal (see journal.hpp), the lock file and the manifest. A user's "log.txt" or "__db.notes" in
-/// a home they gave is theirs.
+/// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the lock
+/// file and the manifest. A user's "log.txt" or "__db.notes" in a home they gave is theirs.
 inline void remove_home_files(const std::string& home, const manifest& m) {
   for (const auto& name : list_dir(home)) {
-    bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name) ||
-                name == journal_file_name;
+    bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name);
     if (ours) ::unlink((home + "/" + name).c_str());
   }
   ::unlink((home + "/" + manifest_file_name + ".tmp").c_str());
@@ -302,10 +262,6 @@ inline void remove_home_files(const std::string& home, const manifest& m) {
     stats().homes_removed.fetch_add(1, std::memory_order_relaxed);
 }
 
-/// DB_REGION_MAGIC: the first word of REGENV, at the start of the primary region (__db.001);
-/// the second word is the environment's panic flag.
-constexpr std::uint32_t region_magic = 0x120897;
-
 /// Retires the environment regions of a home before this process recovers it (under the gate):
 /// marks the old environment dead, as Berkeley DB's own recovery does first (the panic word of
 /// its primary region, after the region magic; every process still using it then gets
@@ -314,6 +270,7 @@ constexpr std::uint32_t region_magic = 0x120897;
 /// through the regions' own allocator, whose free lists a process killed inside that allocator
 /// leaves cyclic: the recovering process then loops for ever.
 inline void retire_regions(const std::string& home) {
+  constexpr std::uint32_t region_magic = 0x120897;  // DB_REGION_MAGIC, REGENV's first word
   {
     unique_fd primary(::open((home + "/__db.001").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
     std::uint32_t head[2] = {0, 0};
@@ -475,11 +432,6 @@ class home_lease {
       throw_errno("cannot write the lock file in " + home_, "pwrite");
   }
   [[nodiscard]] int fd() const noexcept { return users_ ? users_.get() : gate_.get(); }
-  /// This process's journal slots in the home (see journal.hpp): they live as long as its
-  /// membership, across recoveries.
-  [[nodiscard]] const std::shared_ptr<journal::slots>& journal_slots() const noexcept {
-    return journal_slots_;
-  }
   /// Releases the gate the constructor took (once).
   void unlock_gate() {
     if (!gate_) return;
@@ -514,8 +466,6 @@ class home_lease {
   std::atomic<bool> left_{false};
   lock_fd gate_;   // holds the gate from construction until unlock_gate()
   lock_fd users_;  // holds byte 1 shared: this process's membership
-  std::shared_ptr<journal::slots> journal_slots_ =
-      std::make_shared<journal::slots>(home_, home_ + "/" + lock_file_name);
 };
 
 // ---- the environment and its databases --------------------------------------------------------
@@ -536,20 +486,11 @@ struct checkpoint_state {
   std::atomic<bool> dead_seen{false};  // failchk met a dead process's thread (is_alive said so)
   /// The address ranges of the environment's regions in this process, recorded at open.
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> regions;
-  /// The primary region's first two words (REGENV's magic and panic flag), recorded at open.
-  std::atomic<const std::uint32_t*> regenv{nullptr};
-
-  /// Whether another process panicked the environment (it is dead for every process).
-  [[nodiscard]] bool panicked() const noexcept {
-    const std::uint32_t* words = regenv.load(std::memory_order_acquire);
-    return words && __atomic_load_n(words + 1, __ATOMIC_RELAXED) != 0;
-  }
 
   /// Closes the descriptors libdb opened for a broken environment and unmaps its regions (see
   /// environment::release_broken); no thread of this process may be inside it.
   void release(DB_ENV* env) noexcept {
     robust::close_descriptors_of(env);
-    regenv.store(nullptr, std::memory_order_release);
     for (const auto& range : regions)
       (void)robust::unmap_region(reinterpret_cast<void*>(range.first), range.second - range.first);
     regions.clear();
@@ -570,11 +511,10 @@ inline void note_dead_thread(DB_ENV* env) noexcept {
     state->dead_seen.store(true, std::memory_order_relaxed);
 }
 
-/// For robust.hpp's waits and __os_yield hook: whether the environment is known dead, broken in
-/// this process or panicked by another.
+/// For robust.hpp's __os_yield hook: whether this process knows the environment broken.
 inline bool environment_known_broken(DB_ENV* env) noexcept {
   auto* state = env ? static_cast<checkpoint_state*>(env->app_private) : nullptr;
-  return state && (state->broken.load(std::memory_order_relaxed) || state->panicked());
+  return state && state->broken.load(std::memory_order_relaxed);
 }
 
 /// Blocks the asynchronous signals in the library's own threads, so that a signal sent to the
@@ -632,13 +572,11 @@ class environment {
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
       if (recover) stats().recoveries.fetch_add(1, std::memory_order_relaxed);
       if (!recover) {
-        rc = run_failchk(env_);
+        rc = robust::call_guarded(env_, [this] { return env_->failchk(env_, 0); });
         if (rc != 0) raise("DB_ENV->failchk", rc, lease_->home());
       }
     } catch (...) {
       DB_ENV* e = env_;
-      if (DB* j = journal_) robust::call_guarded(e, [j] { return j->close(j, DB_NOSYNC); });
-      journal_ = nullptr;
       robust::call_guarded(e, [e] { return e->close(e, 0); });
       env_ = nullptr;
       throw;
@@ -648,10 +586,6 @@ class environment {
     robust::for_each_region(home_.c_str(), [this](std::uintptr_t lo, std::uintptr_t hi) {
       checkpoints_->regions.emplace_back(lo, hi);
     });
-    if (const std::uintptr_t primary = robust::primary_region(home_.c_str())) {
-      const auto* words = reinterpret_cast<const std::uint32_t*>(primary);
-      if (words[0] == region_magic) checkpoints_->regenv.store(words, std::memory_order_release);
-    }
     watchdog_ = start_library_thread([this] {
       block_signals_in_this_thread();
       watch();
@@ -704,7 +638,6 @@ class environment {
           release_broken();
         } else {
           DB_ENV* e = env_;
-          if (DB* j = journal_) robust::call_guarded(e, [j] { return j->close(j, DB_NOSYNC); });
           robust::call_guarded(e, [e] { return e->close(e, 0); });
         }
       }
@@ -731,8 +664,6 @@ class environment {
   }
 
   [[nodiscard]] DB_ENV* handle() const noexcept { return env_; }
-  /// The home's journal (see journal.hpp).
-  [[nodiscard]] DB* journal() const noexcept { return journal_; }
   [[nodiscard]] home_lease& lease() const noexcept { return *lease_; }
   [[nodiscard]] std::shared_ptr<home_lease> lease_ptr() const noexcept { return lease_; }
   [[nodiscard]] const std::string& home() const noexcept { return home_; }
@@ -813,31 +744,11 @@ class environment {
     if (rc != 0) raise(origin, rc);
   }
 
-  /// Opens (creating if needed) the home's journal: a queue of fixed-size records, one per
-  /// writing thread (see journal.hpp). Under the gate, as the environment.
- public:
-  void open_journal(const bsddb::options& o) {
-    int rc = robust::call_guarded(env_, [this] { return ::db_create(&journal_, env_, 0); });
-    if (rc != 0) {
-      journal_ = nullptr;
-      raise("db_create", rc);
-    }
-    rc = journal_->set_re_len(journal_, journal::record_size);
-    if (rc == 0)
-      rc = robust::call_guarded(env_, [&] {
-        return journal_->open(journal_, nullptr, journal_file_name, nullptr, DB_QUEUE,
-                              DB_CREATE | DB_THREAD | DB_AUTO_COMMIT, static_cast<int>(o.mode));
-      });
-    if (rc != 0) raise("DB->open", rc, lease_->home() + "/" + journal_file_name);
-  }
-
- private:
   /// The checkpoint thread: a checkpoint (if at least 1 MiB of log was written since the last)
   /// whenever one is asked for, and a last full one at close for persistent homes. Never in a
   /// broken environment.
   static void checkpoint_loop(std::shared_ptr<checkpoint_state> state, DB_ENV* env) {
     block_signals_in_this_thread();
-    robust::quick_yields = true;
     std::unique_lock<std::mutex> lock(state->mutex);
     for (;;) {
       state->cv.wait(lock, [&] { return state->stopping || state->wanted; });
@@ -950,7 +861,7 @@ class environment {
       if (!stuck) checkpoints_->dead_seen.store(false, std::memory_order_relaxed);
       if (!stuck && ++idle_ticks < failchk_every_ticks) continue;
       idle_ticks = 0;
-      int rc = run_failchk(env_);
+      int rc = robust::call_guarded(env_, [this] { return env_->failchk(env_, 0); });
       if (rc == 0 && stuck_ticks >= stuck_panic_ticks &&
           checkpoints_->dead_seen.load(std::memory_order_relaxed)) {
         // Still stuck, and failchk met a dead process but found nothing to do: it treats a
@@ -976,7 +887,6 @@ class environment {
   const std::string home_;
   unsigned generation_;
   DB_ENV* env_ = nullptr;
-  DB* journal_ = nullptr;
   std::uint64_t epoch_;
   std::atomic<std::uint64_t> writes_{0};
   std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();
@@ -1306,7 +1216,6 @@ class registry {
       environment& env;
       ~inside() { env.leave(); }
     } guard{*env};
-    if (!env->journal()) env->open_journal(o);
     auto db = std::make_shared<database>(env, loc.name, key_type, value_type, o.method, o.mode);
     databases_[db_key] = db;
     formats_[db_key] = format_record(key_type, value_type, o.method);

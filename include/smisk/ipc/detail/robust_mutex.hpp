@@ -404,24 +404,13 @@ inline int wait_failed() noexcept {
   return ENOTRECOVERABLE;
 }
 
-/// Whether the environment of the calling thread's library call is known dead: broken in this
-/// process, or panicked by another (the one that recovered the home retired it, see
-/// retire_regions). Looked at once per wait slice: a latch held by a process that died in an
-/// environment the others have already left is never released, and nothing else would end
-/// the wait (seen: a worker waiting 14 s, until killed, on a page latch of a retired
-/// environment).
-inline bool environment_dead() noexcept {
-  broken_check_fn check = broken_check.load(std::memory_order_acquire);
-  return check && current_env && check(current_env);
-}
-
 inline int mutex_lock(pthread_mutex_t* m) noexcept {
   int rc = real_trylock.load(std::memory_order_acquire)(m);
   if (rc == 0) return 0;
   if (rc != EBUSY) return lock_failed(m, rc);
   mutex_timed_fn timed = real_timedlock.load(std::memory_order_acquire);
   for (;;) {
-    if (is_broken(m) || environment_dead()) return wait_failed();
+    if (is_broken(m)) return wait_failed();
     timespec t = slice_deadline();
     rc = timed(m, &t);
     if (rc == 0) return 0;
@@ -440,7 +429,7 @@ inline int cond_wait(pthread_cond_t* c, pthread_mutex_t* m, const timespec* unti
   cond_timedwait_fn wait = real_cond_timedwait.load(std::memory_order_acquire);
   for (;;) {
     // An error with the mutex held: libdb unlocks it and panics.
-    if (is_broken(c) || environment_dead()) return wait_failed();
+    if (is_broken(c)) return wait_failed();
     timespec t = slice_deadline();
     bool last = until && !before(t, *until);
     int rc = wait(c, m, last ? until : &t);
@@ -458,7 +447,7 @@ inline int rwlock_lock(pthread_rwlock_t* l, rwlock_fn try_fn, rwlock_timed_fn ti
   int rc = try_fn(l);
   if (rc != EBUSY) return rc;
   for (;;) {
-    if (is_broken(l) || environment_dead()) return wait_failed();
+    if (is_broken(l)) return wait_failed();
     timespec t = slice_deadline();
     rc = timed_fn(l, &t);
     if (rc != ETIMEDOUT) return rc;
@@ -622,11 +611,6 @@ namespace smisk::ipc::detail::robust {
 // SIGBUS goes to the handler that was installed before, or gets the default action.
 
 inline thread_local sigjmp_buf* detect_escape = nullptr;
-/// Set by the library's checkpoint thread: libdb's whole-second polling sleeps (see
-/// smisk_ipc_robust_os_yield) become 10 ms there. A checkpoint meets pages that writers have
-/// latched for a moment (every write latches its thread's journal page, see journal.hpp), and a
-/// second per encounter made checkpoints, and a close waiting for one, a second late.
-inline thread_local bool quick_yields = false;
 /// Why the last escape to a guard happened: a fault, or a wait that could never end.
 enum class escape_reason { fault, endless_wait };
 inline thread_local escape_reason last_escape = escape_reason::fault;
@@ -671,10 +655,6 @@ extern "C" inline void smisk_ipc_robust_os_yield(ENV* env, u_long secs, u_long u
     DB_ENV* dbenv = env ? *reinterpret_cast<DB_ENV**>(env) : nullptr;
     return r::detect_escape && check && dbenv && check(dbenv);
   };
-  if (r::quick_yields && secs >= 1) {
-    secs = 0;
-    usecs = 10000;
-  }
   if (!endless()) r::real_os_yield.load(std::memory_order_acquire)(env, secs, usecs);
   if (endless()) {
     sigjmp_buf* escape = r::detect_escape;
@@ -1201,19 +1181,6 @@ inline void for_each_region(const char* home, F&& f) noexcept {
     if (len >= 10 && std::strcmp(path + len - 10, " (deleted)") == 0) return;
     f(lo, hi);
   });
-}
-
-/// Where the live primary region ("__db.001") of the environment in `home` is mapped in this
-/// process, or 0. For recording an environment's REGENV right after opening it.
-inline std::uintptr_t primary_region(const char* home) noexcept {
-  char real[PATH_MAX + 16];
-  if (!home || !::realpath(home, real)) return 0;
-  std::strcat(real, "/__db.001");
-  std::uintptr_t found = 0;
-  for_each_mapping([&](std::uintptr_t lo, std::uintptr_t, const char* path) {
-    if (!found && std::strcmp(path, real) == 0) found = lo;
-  });
-  return found;
 }
 
 /// Declares broken the memory [lo, hi) (a region of an environment known broken): waits there
