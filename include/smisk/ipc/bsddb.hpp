@@ -24,7 +24,8 @@
 #include <vector>
 
 #include "backend.hpp"
-#include "detail/bdb_env.hpp"
+#include "bsddb_options.hpp"
+#include "detail/bdb_registry.hpp"
 #include "error.hpp"
 #include "shared_dict.hpp"
 

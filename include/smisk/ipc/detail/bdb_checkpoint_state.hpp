@@ -1,0 +1,66 @@
+// smisk-ipc: what an environment shares with its library threads (checkpoint, watchdog).
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <db.h>
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "bdb_liveness.hpp"
+#include "robust_mutex.hpp"
+
+namespace smisk::ipc::detail::bdb {
+
+/// What an environment shares with its checkpoint thread. The thread co-owns it, so that an
+/// environment abandoned while the thread is stuck (see environment::shutdown) leaves it valid.
+struct checkpoint_state {
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool wanted = false;    // a checkpoint was asked for
+  bool stopping = false;  // the environment is being closed: end the thread
+  bool final = false;     // with stopping: one last checkpoint (persistent homes)
+  bool inside = false;    // the thread is inside DB_ENV->txn_checkpoint
+  bool exited = false;
+  /// A broken environment was left to the stuck thread: it releases it when it gets out.
+  bool release_on_exit = false;
+  std::atomic<bool> broken{false};     // the environment's broken flag
+  std::atomic<bool> dead_seen{false};  // failchk met a dead process's thread (is_alive said so)
+  /// The address ranges of the environment's regions in this process, recorded at open.
+  std::vector<std::pair<std::uintptr_t, std::uintptr_t>> regions;
+
+  /// Closes the descriptors libdb opened for a broken environment and unmaps its regions (see
+  /// environment::release_broken); no thread of this process may be inside it.
+  void release(DB_ENV* env) noexcept {
+    robust::close_descriptors_of(env);
+    for (const auto& range : regions)
+      (void)robust::unmap_region(reinterpret_cast<void*>(range.first), range.second - range.first);
+    regions.clear();
+  }
+
+  /// Marks the environment broken, declares its regions broken in this process (waits there
+  /// fail) and drops what the calling thread holds there from its robust list (see
+  /// robust_mutex.hpp).
+  void abort_waits() noexcept {
+    broken.store(true, std::memory_order_seq_cst);
+    for (const auto& r : regions) robust::abort_waits_in(r.first, r.second);
+    robust::forget_broken_holds();
+  }
+};
+
+inline void note_dead_thread(DB_ENV* env) noexcept {
+  if (auto* state = env ? static_cast<checkpoint_state*>(env->app_private) : nullptr)
+    state->dead_seen.store(true, std::memory_order_relaxed);
+}
+
+/// For robust_guard.hpp's __os_yield hook: whether this process knows the environment broken.
+inline bool environment_known_broken(DB_ENV* env) noexcept {
+  auto* state = env ? static_cast<checkpoint_state*>(env->app_private) : nullptr;
+  return state && state->broken.load(std::memory_order_relaxed);
+}
+
+}  // namespace smisk::ipc::detail::bdb

@@ -1,0 +1,124 @@
+// smisk-ipc: a home's files: the manifest, exact-name cleanup, retiring regions.
+// SPDX-License-Identifier: MIT
+#pragma once
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../error.hpp"
+#include "bdb_stats.hpp"
+#include "posix.hpp"
+
+namespace smisk::ipc::detail::bdb {
+
+constexpr const char* lock_file_name = "smisk-ipc.lock";
+constexpr const char* manifest_file_name = "smisk-ipc.manifest";
+
+/// What the library records in a home: whether it created the directory, whether the home is
+/// persistent, and the database files it made there.
+struct manifest {
+  bool created_home = false;
+  bool persistent = false;
+  bool exists = false;
+  std::vector<std::string> databases;
+
+  static manifest read(const std::string& home) {
+    manifest m;
+    std::ifstream in(home + "/" + manifest_file_name);
+    if (!in) return m;
+    m.exists = true;
+    std::string line;
+    while (std::getline(in, line)) {
+      if (line == "created-home") m.created_home = true;
+      if (line == "persistent") m.persistent = true;
+      if (starts_with(line, "database ")) m.databases.push_back(line.substr(9));
+    }
+    return m;
+  }
+  void write(const std::string& home, unsigned mode) const {
+    std::string text = "smisk-ipc 1\n";
+    if (created_home) text += "created-home\n";
+    text += persistent ? "persistent\n" : "temporary\n";
+    for (const auto& d : databases) text += "database " + d + "\n";
+    std::string tmp = home + "/" + manifest_file_name + ".tmp";
+    unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                        static_cast<mode_t>(mode)));
+    if (!fd) throw_errno("cannot write " + tmp, "open");
+    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
+      throw_errno("cannot write " + tmp, "write");
+    fd.reset();
+    if (::rename(tmp.c_str(), (home + "/" + manifest_file_name).c_str()) != 0)
+      throw_errno("cannot write the manifest in " + home, "rename");
+  }
+  [[nodiscard]] bool has_database(const std::string& name) const {
+    for (const auto& d : databases)
+      if (d == name) return true;
+    return false;
+  }
+};
+
+/// Whether `name` is `prefix` followed by exactly `digits` decimal digits.
+inline bool is_numbered_name(const std::string& name, const char* prefix, std::size_t digits) {
+  const std::size_t n = std::strlen(prefix);
+  return name.size() == n + digits && starts_with(name, prefix) &&
+         name.find_first_not_of("0123456789", n) == std::string::npos;
+}
+/// Berkeley DB's region files: "__db." and three digits ("__db.001").
+inline bool is_region_file_name(const std::string& name) {
+  return is_numbered_name(name, "__db.", 3);
+}
+/// Berkeley DB's log files: "log." and ten digits ("log.0000000001").
+inline bool is_log_file_name(const std::string& name) { return is_numbered_name(name, "log.", 10); }
+
+/// Removes the library's own files from a temporary home, and the home if the library made it.
+/// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the lock
+/// file and the manifest. A user's "log.txt" or "__db.notes" in a home they gave is theirs.
+inline void remove_home_files(const std::string& home, const manifest& m) {
+  for (const auto& name : list_dir(home)) {
+    bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name);
+    if (ours) ::unlink((home + "/" + name).c_str());
+  }
+  ::unlink((home + "/" + manifest_file_name + ".tmp").c_str());
+  ::unlink((home + "/" + manifest_file_name).c_str());
+  ::unlink((home + "/" + lock_file_name).c_str());
+  if (m.created_home && ::rmdir(home.c_str()) == 0)
+    stats().homes_removed.fetch_add(1, std::memory_order_relaxed);
+}
+
+/// Retires the environment regions of a home before this process recovers it (under the gate):
+/// marks the old environment dead, as Berkeley DB's own recovery does first (the panic word of
+/// its primary region, after the region magic; every process still using it then gets
+/// DB_RUNRECOVERY and reopens), and removes the region files, so that recovery creates fresh
+/// regions. Berkeley DB's recovery would instead attach to the old regions and free their memory
+/// through the regions' own allocator, whose free lists a process killed inside that allocator
+/// leaves cyclic: the recovering process then loops for ever.
+inline void retire_regions(const std::string& home) {
+  constexpr std::uint32_t region_magic = 0x120897;  // DB_REGION_MAGIC, REGENV's first word
+  {
+    unique_fd primary(::open((home + "/__db.001").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
+    std::uint32_t head[2] = {0, 0};
+    if (primary && ::pread(primary.get(), head, sizeof head, 0) == sizeof head &&
+        head[0] == region_magic) {
+      const std::uint32_t panic = 1;  // REGENV's second word
+      if (::pwrite(primary.get(), &panic, sizeof panic, sizeof(std::uint32_t)) != sizeof panic)
+        throw_errno("cannot mark the old environment of " + home + " dead", "pwrite");
+    }
+  }
+  std::vector<std::string> regions;
+  for (const auto& name : list_dir(home)) {
+    // Region files only (no database, log or registry file).
+    if (is_region_file_name(name)) regions.push_back(name);
+  }
+  // The primary region (__db.001) last, as Berkeley DB does.
+  std::sort(regions.rbegin(), regions.rend());
+  for (const auto& name : regions) ::unlink((home + "/" + name).c_str());
+}
+
+}  // namespace smisk::ipc::detail::bdb
