@@ -4,9 +4,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstdlib>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
@@ -256,7 +258,12 @@ TEST(bsddb, stats_count_what_the_library_did) {
   auto before = ipc::bsddb::stats();
   auto d = store.open<std::string, int>("s");
   for (int i = 0; i < 5000; ++i) d.set("k" + std::to_string(i), i);
+  // The checkpoint runs in the background: give it time (a wall-clock bound, not a count).
   auto after = ipc::bsddb::stats();
+  for (int waited = 0; after.checkpoints < before.checkpoints + 1 && waited < 1000; ++waited) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    after = ipc::bsddb::stats();
+  }
   EXPECT_GE(after.environments_opened, before.environments_opened + 1);
   EXPECT_GE(after.checkpoints, before.checkpoints + 1);
 }

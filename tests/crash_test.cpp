@@ -179,7 +179,9 @@ std::string persistence_name(const ::testing::TestParamInfo<bool>& info) {
   X(dead_mutex_owners)            \
   X(aborted_waits)                \
   X(libdb_faults)                 \
-  X(lock_conflicts)
+  X(lock_conflicts)               \
+  X(writes_found_landed)          \
+  X(writes_redone)
 
 #define SMISK_CRASH_TEST_HAS_FIELD(field)                                           \
   template <class S, class = void>                                                  \
@@ -337,12 +339,31 @@ struct chaos_slot {
   shared_stats stats_done;    // the dead incarnations' statistics
 };
 
+/// Workers that are never killed, beside the chaos workers: each increments a key of its own,
+/// and inserts and erases a flag of its own. Their operations are redone after every recovery
+/// that the kills force on them, so the key counts exactly what they were told was applied only
+/// if a redo never applies a write a second time (exactly-once, see detail/journal.hpp).
+constexpr int kSteadyWorkers = 3;
+
+struct steady_slot {
+  std::atomic<std::int64_t> acked_increments{0};  // increment("steady<n>") calls that returned
+  std::atomic<std::int64_t> wrong_results{0};     // an insert of its absent flag or an erase of its
+                                                  // present one that returned false
+  std::atomic<std::int64_t> redone{0};            // writes_redone + writes_found_landed, at the end
+  std::atomic<std::int64_t> heartbeat_ns{0};      // its last acknowledged op (or the start)
+  std::atomic<bool> stopped{false};
+};
+
 struct chaos_shared {
   std::atomic<bool> go{false};
   std::atomic<bool> stop{false};
   error_log errors;
   chaos_slot slots[kChaosWorkers];
+  steady_slot steady[kSteadyWorkers];
 };
+
+std::string steady_key(int n) { return "steady" + std::to_string(n); }
+std::string steady_flag(int n) { return "steady" + std::to_string(n) + ":flag"; }
 
 std::string chaos_key(int slot, std::int64_t seq) {
   return "w" + std::to_string(slot) + ":" + std::to_string(seq);
@@ -417,6 +438,35 @@ void chaos_worker(chaos_shared& sh, int slot, const ipc::bsddb::options& opts,
   s.stage.store(done);
 }
 
+/// A never-killed worker (see kSteadyWorkers). Every call's result is checked: an insert of its
+/// absent flag must return true and the erase that follows must return true too; a redo of a
+/// write that had landed would make them false (or count an increment twice).
+void steady_worker(chaos_shared& sh, int n, const ipc::bsddb::options& opts) {
+  steady_slot& s = sh.steady[n];
+  int_dict d(opts);
+  while (!sh.go.load()) {
+    if (sh.stop.load()) return;
+    ::usleep(500);
+  }
+  const std::string key = steady_key(n);
+  const std::string flag = steady_flag(n);
+  while (!sh.stop.load(std::memory_order_relaxed)) {
+    try {
+      d.increment(key);
+      s.acked_increments.fetch_add(1);
+      if (!d.insert(flag, 1)) s.wrong_results.fetch_add(1);
+      if (!d.erase(flag)) s.wrong_results.fetch_add(1);
+      s.heartbeat_ns.store(now_ns());
+    } catch (const std::exception& e) {
+      sh.errors.record(std::string("steady worker ") + std::to_string(n) + ": " + e.what());
+      ::usleep(10000);
+    }
+  }
+  const auto st = ipc::bsddb::stats();
+  s.redone.store(static_cast<std::int64_t>(st.writes_redone + st.writes_found_landed));
+  s.stopped.store(true);
+}
+
 class chaos : public ::testing::TestWithParam<bool> {};
 
 TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
@@ -456,6 +506,10 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
 
   std::vector<pid_t> pids(kChaosWorkers);
   for (int slot = 0; slot < kChaosWorkers; ++slot) pids[slot] = start_worker(slot, slot % 2 == 0);
+  std::vector<pid_t> steady_pids;
+  for (int n = 0; n < kSteadyWorkers; ++n)
+    steady_pids.push_back(
+        children.add(fork_child([&sh, n, &opts] { steady_worker(*sh, n, opts); })));
   // The first generation opens its handles (up to 30 s), then the clock starts.
   {
     const auto deadline = std::chrono::steady_clock::now() + 30s;
@@ -476,6 +530,7 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
     s.heartbeat_ns.store(go_ns);
     s.started_ns.store(go_ns);
   }
+  for (auto& s : sh->steady) s.heartbeat_ns.store(go_ns);
   sh->go.store(true);
 
   // The killer. Before each kill it also looks at progress:
@@ -491,6 +546,8 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
   std::int64_t max_worker_stall = 0;
   int max_stall_slot = -1;
   std::int64_t max_global_stall = 0;
+  std::int64_t max_steady_stall = 0;  // of a never-killed worker
+  int max_steady_stall_worker = -1;
   std::int64_t max_slot_age = 0;
   std::int64_t first_stall_ns = -1;  // since go: when the first 2 s stall (worker or all) began
   int kills_before_stall = 0;
@@ -531,6 +588,13 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
       }
     }
     max_global_stall = std::max(max_global_stall, t - last_any);
+    for (int n = 0; n < kSteadyWorkers; ++n) {
+      const std::int64_t stall = t - sh->steady[n].heartbeat_ns.load();
+      if (stall > max_steady_stall) {
+        max_steady_stall = stall;
+        max_steady_stall_worker = n;
+      }
+    }
     if (t - last_any > kStallLimitNs && first_stall_ns < 0) {
       first_stall_ns = last_any + kStallLimitNs - go_ns;
       kills_before_stall = kills;
@@ -556,6 +620,8 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
   std::int64_t last_any_ack = 0;
   for (auto& s : sh->slots) last_any_ack = std::max(last_any_ack, s.heartbeat_ns.load());
   const auto statuses = wait_children(pids, 10s);
+  const auto steady_statuses = wait_children(steady_pids, 10s);
+  EXPECT_TRUE(all_ok(steady_statuses)) << "never-killed workers did not stop within 10 s";
   std::string stuck;
   for (int slot = 0; slot < kChaosWorkers; ++slot) {
     if (!statuses[slot].timed_out) continue;
@@ -649,6 +715,11 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
       << stall_note;
   EXPECT_LE(max_global_stall, kStallLimitNs)
       << "no worker acknowledged anything for that long" << stall_note;
+  std::printf("[ chaos   ] longest stall of a never-killed worker %.1f ms (worker %d)\n",
+              ms(max_steady_stall), max_steady_stall_worker);
+  EXPECT_LE(max_steady_stall, kStallLimitNs)
+      << "a never-killed worker acknowledged nothing for that long (worker "
+      << max_steady_stall_worker << ")";
 
   // What was acknowledged must all be there.
   std::int64_t counter;
@@ -682,6 +753,23 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
   EXPECT_LE(counter, acked + kills + sh->errors.count.load())
       << "more increments landed than were made";
   EXPECT_EQ(missing, 0) << "acknowledged sets are missing; first: " << first_bad;
+
+  // Exactly-once: each never-killed worker's key counts exactly its acknowledged increments, and
+  // no insert or erase of its own flag reported the opposite of what it did.
+  for (int n = 0; n < kSteadyWorkers; ++n) {
+    const steady_slot& s = sh->steady[n];
+    const std::int64_t value = parent_dict->get(steady_key(n)).value_or(0);
+    std::printf("[ chaos   ] %s: never-killed worker %d: %s = %" PRId64 ", acknowledged %" PRId64
+                ", %" PRId64 " wrong insert/erase results, %" PRId64
+                " writes checked in the journal after a break\n",
+                kind(persistent), n, steady_key(n).c_str(), value, s.acked_increments.load(),
+                s.wrong_results.load(), s.redone.load());
+    EXPECT_EQ(value, s.acked_increments.load())
+        << "never-killed worker " << n << ": its key is not what it was told was applied";
+    EXPECT_EQ(s.wrong_results.load(), 0)
+        << "never-killed worker " << n << ": a redone insert or erase reported a wrong result";
+    EXPECT_FALSE(parent_dict->contains(steady_flag(n)));
+  }
   EXPECT_EQ(wrong, 0) << "acknowledged sets read back wrong; first: " << first_bad;
 
   // The database verifies clean. A temporary home disappears with its last handle, so it is

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <db.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <condition_variable>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "bdb_liveness.hpp"
+#include "posix.hpp"
 #include "robust_mutex.hpp"
 
 namespace smisk::ipc::detail::bdb {
@@ -32,6 +34,19 @@ struct checkpoint_state {
   std::atomic<bool> dead_seen{false};  // failchk met a dead process's thread (is_alive said so)
   /// The address ranges of the environment's regions in this process, recorded at open.
   std::vector<std::pair<std::uintptr_t, std::uintptr_t>> regions;
+  /// The environment's primary region file (__db.001, REGENV first), opened with it: still this
+  /// environment's after another process retired it and made a new one under the same name.
+  unique_fd regenv;
+
+  /// Whether a process panicked the environment (it is dead for every process): REGENV's second
+  /// word. Read from the file, not the mapping, which another thread may be unmapping.
+  [[nodiscard]] bool panicked() const noexcept {
+    std::uint32_t panic = 0;
+    return regenv &&
+           ::pread(regenv.get(), &panic, sizeof panic, sizeof(std::uint32_t)) ==
+               static_cast<ssize_t>(sizeof panic) &&
+           panic != 0;
+  }
 
   /// Closes the descriptors libdb opened for a broken environment and unmaps its regions (see
   /// environment::release_broken); no thread of this process may be inside it.
@@ -57,10 +72,11 @@ inline void note_dead_thread(DB_ENV* env) noexcept {
     state->dead_seen.store(true, std::memory_order_relaxed);
 }
 
-/// For robust_guard.hpp's __os_yield hook: whether this process knows the environment broken.
+/// For the robust waits and robust_guard.hpp's __os_yield hook: whether the environment is known
+/// dead, broken in this process or panicked by another.
 inline bool environment_known_broken(DB_ENV* env) noexcept {
   auto* state = env ? static_cast<checkpoint_state*>(env->app_private) : nullptr;
-  return state && state->broken.load(std::memory_order_relaxed);
+  return state && (state->broken.load(std::memory_order_relaxed) || state->panicked());
 }
 
 }  // namespace smisk::ipc::detail::bdb

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <db.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <sys/stat.h>
 
@@ -18,6 +19,7 @@
 #include "../bsddb_options.hpp"
 #include "bdb_checkpoint_state.hpp"
 #include "bdb_errors.hpp"
+#include "bdb_home_files.hpp"
 #include "bdb_liveness.hpp"
 #include "bdb_stats.hpp"
 #include "home_lease.hpp"
@@ -81,11 +83,13 @@ class environment {
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
       if (recover) stats().recoveries.fetch_add(1, std::memory_order_relaxed);
       if (!recover) {
-        rc = robust::call_guarded(env_, [this] { return env_->failchk(env_, 0); });
+        rc = run_failchk(env_);
         if (rc != 0) raise("DB_ENV->failchk", rc, lease_->home());
       }
     } catch (...) {
       DB_ENV* e = env_;
+      if (DB* j = journal_) robust::call_guarded(e, [j] { return j->close(j, DB_NOSYNC); });
+      journal_ = nullptr;
       robust::call_guarded(e, [e] { return e->close(e, 0); });
       env_ = nullptr;
       throw;
@@ -95,6 +99,14 @@ class environment {
     robust::for_each_region(home_.c_str(), [this](std::uintptr_t lo, std::uintptr_t hi) {
       checkpoints_->regions.emplace_back(lo, hi);
     });
+    {
+      unique_fd primary(::open((home_ + "/__db.001").c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
+      std::uint32_t magic = 0;
+      if (primary &&
+          ::pread(primary.get(), &magic, sizeof magic, 0) == static_cast<ssize_t>(sizeof magic) &&
+          magic == region_magic)
+        checkpoints_->regenv = std::move(primary);
+    }
     watchdog_ = start_library_thread([this] {
       block_signals_in_this_thread();
       watch();
@@ -147,6 +159,7 @@ class environment {
           release_broken();
         } else {
           DB_ENV* e = env_;
+          if (DB* j = journal_) robust::call_guarded(e, [j] { return j->close(j, DB_NOSYNC); });
           robust::call_guarded(e, [e] { return e->close(e, 0); });
         }
       }
@@ -173,6 +186,8 @@ class environment {
   }
 
   [[nodiscard]] DB_ENV* handle() const noexcept { return env_; }
+  /// The home's journal (see journal.hpp), once open_journal() opened it.
+  [[nodiscard]] DB* journal() const noexcept { return journal_; }
   [[nodiscard]] home_lease& lease() const noexcept { return *lease_; }
   [[nodiscard]] std::shared_ptr<home_lease> lease_ptr() const noexcept { return lease_; }
   [[nodiscard]] const std::string& home() const noexcept { return home_; }
@@ -225,6 +240,23 @@ class environment {
     }
   }
 
+  /// Opens (creating if needed) the home's journal: a queue of fixed-size records, one per
+  /// writing thread (see journal.hpp). Under the gate, as the environment.
+  void open_journal(const bsddb::options& o) {
+    int rc = robust::call_guarded(env_, [this] { return ::db_create(&journal_, env_, 0); });
+    if (rc != 0) {
+      journal_ = nullptr;
+      raise("db_create", rc);
+    }
+    rc = journal_->set_re_len(journal_, journal::record_size);
+    if (rc == 0)
+      rc = robust::call_guarded(env_, [&] {
+        return journal_->open(journal_, nullptr, journal_file_name, nullptr, DB_QUEUE,
+                              DB_CREATE | DB_THREAD | DB_AUTO_COMMIT, static_cast<int>(o.mode));
+      });
+    if (rc != 0) raise("DB->open", rc, lease_->home() + "/" + journal_file_name);
+  }
+
  private:
   void configure(const bsddb::options& o) {
     env_->set_errcall(env_, &on_bdb_error);
@@ -258,6 +290,7 @@ class environment {
   /// broken environment.
   static void checkpoint_loop(std::shared_ptr<checkpoint_state> state, DB_ENV* env) {
     block_signals_in_this_thread();
+    robust::quick_yields = true;
     std::unique_lock<std::mutex> lock(state->mutex);
     for (;;) {
       state->cv.wait(lock, [&] { return state->stopping || state->wanted; });
@@ -370,7 +403,7 @@ class environment {
       if (!stuck) checkpoints_->dead_seen.store(false, std::memory_order_relaxed);
       if (!stuck && ++idle_ticks < failchk_every_ticks) continue;
       idle_ticks = 0;
-      int rc = robust::call_guarded(env_, [this] { return env_->failchk(env_, 0); });
+      int rc = run_failchk(env_);
       if (rc == 0 && stuck_ticks >= stuck_panic_ticks &&
           checkpoints_->dead_seen.load(std::memory_order_relaxed)) {
         // Still stuck, and failchk met a dead process but found nothing to do: it treats a
@@ -396,6 +429,7 @@ class environment {
   const std::string home_;
   unsigned generation_;
   DB_ENV* env_ = nullptr;
+  DB* journal_ = nullptr;
   std::uint64_t epoch_;
   std::atomic<std::uint64_t> writes_{0};
   std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();

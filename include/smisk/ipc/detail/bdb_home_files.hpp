@@ -14,6 +14,7 @@
 
 #include "../error.hpp"
 #include "bdb_stats.hpp"
+#include "journal.hpp"
 #include "posix.hpp"
 
 namespace smisk::ipc::detail::bdb {
@@ -78,11 +79,13 @@ inline bool is_region_file_name(const std::string& name) {
 inline bool is_log_file_name(const std::string& name) { return is_numbered_name(name, "log.", 10); }
 
 /// Removes the library's own files from a temporary home, and the home if the library made it.
-/// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the lock
-/// file and the manifest. A user's "log.txt" or "__db.notes" in a home they gave is theirs.
+/// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the
+/// journal (see journal.hpp), the lock file and the manifest. A user's "log.txt" or "__db.notes"
+/// in a home they gave is theirs.
 inline void remove_home_files(const std::string& home, const manifest& m) {
   for (const auto& name : list_dir(home)) {
-    bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name);
+    bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name) ||
+                name == journal_file_name;
     if (ours) ::unlink((home + "/" + name).c_str());
   }
   ::unlink((home + "/" + manifest_file_name + ".tmp").c_str());
@@ -92,6 +95,10 @@ inline void remove_home_files(const std::string& home, const manifest& m) {
     stats().homes_removed.fetch_add(1, std::memory_order_relaxed);
 }
 
+/// DB_REGION_MAGIC: the first word of REGENV, at the start of the primary region (__db.001); the
+/// second word is the environment's panic flag.
+constexpr std::uint32_t region_magic = 0x120897;
+
 /// Retires the environment regions of a home before this process recovers it (under the gate):
 /// marks the old environment dead, as Berkeley DB's own recovery does first (the panic word of
 /// its primary region, after the region magic; every process still using it then gets
@@ -100,7 +107,6 @@ inline void remove_home_files(const std::string& home, const manifest& m) {
 /// through the regions' own allocator, whose free lists a process killed inside that allocator
 /// leaves cyclic: the recovering process then loops for ever.
 inline void retire_regions(const std::string& home) {
-  constexpr std::uint32_t region_magic = 0x120897;  // DB_REGION_MAGIC, REGENV's first word
   {
     unique_fd primary(::open((home + "/__db.001").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
     std::uint32_t head[2] = {0, 0};

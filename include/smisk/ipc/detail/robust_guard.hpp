@@ -30,6 +30,11 @@ namespace smisk::ipc::detail::robust {
 // SIGBUS goes to the handler that was installed before, or gets the default action.
 
 inline thread_local sigjmp_buf* detect_escape = nullptr;
+/// Set by the library's checkpoint thread: libdb's whole-second polling sleeps (see
+/// smisk_ipc_robust_os_yield) become 10 ms there. A checkpoint meets pages that writers have
+/// latched for a moment (every write latches its thread's journal page, see journal.hpp), and a
+/// second per encounter made checkpoints, and a close waiting for one, a second late.
+inline thread_local bool quick_yields = false;
 /// Why the last escape to a guard happened: a fault, or a wait that could never end.
 enum class escape_reason { fault, endless_wait };
 inline thread_local escape_reason last_escape = escape_reason::fault;
@@ -74,6 +79,10 @@ extern "C" inline void smisk_ipc_robust_os_yield(ENV* env, u_long secs, u_long u
     DB_ENV* dbenv = env ? *reinterpret_cast<DB_ENV**>(env) : nullptr;
     return r::detect_escape && check && dbenv && check(dbenv);
   };
+  if (r::quick_yields && secs >= 1) {
+    secs = 0;
+    usecs = 10000;
+  }
   if (!endless()) r::real_os_yield.load(std::memory_order_acquire)(env, secs, usecs);
   if (endless()) {
     sigjmp_buf* escape = r::detect_escape;
