@@ -31,8 +31,6 @@
 
 namespace smisk::ipc::bsddb {
 
-namespace journal = detail::bdb::journal;
-
 /// What the library did in this process (all dicts together).
 struct statistics {
   std::uint64_t deadlock_retries;        ///< operations retried after a deadlock
@@ -49,10 +47,6 @@ struct statistics {
                                ///< process's half-made structures; each became a recovery
   std::uint64_t lock_conflicts;  ///< read-modify-writes retried because the key's lock was busy
                                  ///< (they do not queue at first, see backend::modify)
-  std::uint64_t writes_found_landed;  ///< writes whose commit a break interrupted, found applied
-                                      ///< after recovery (and so not redone)
-  std::uint64_t writes_redone;        ///< writes whose commit a break interrupted, found not
-                                      ///< applied after recovery (and so redone)
 };
 
 /// The counters of this process.
@@ -64,8 +58,7 @@ inline statistics stats() noexcept {
           s.homes_removed.load(),       s.recoveries.load(),
           s.failchk_errors.load(),      s.environments_abandoned.load(),
           r.owner_died.load(),          r.waits_failed.load(),
-          r.libdb_faults.load(),        s.lock_conflicts.load(),
-          s.writes_found_landed.load(), s.writes_redone.load()};
+          r.libdb_faults.load(),        s.lock_conflicts.load()};
 }
 
 /// What the library does to this process to survive processes killed inside Berkeley DB (see
@@ -161,17 +154,12 @@ class backend {
 
   bool remove(std::string_view key) {
     DBT k = detail::bdb::make_dbt(key);
-    journal::ticket ticket;
-    return run(
-               "DB->del",
-               [&](detail::bdb::database& d) {
-                 detail::bdb::transaction txn(d.env().handle());
-                 if (txn.begin_error()) return txn.begin_error();
-                 int rc = detail::bdb::guarded(
-                     d, [&] { return d.handle()->del(d.handle(), txn.get(), &k, 0); });
-                 return rc != 0 ? rc : commit_once(d, txn, ticket);
-               },
-               &ticket) == 0;
+    return run("DB->del", [&](detail::bdb::database& d) {
+             int rc = detail::bdb::guarded(
+                 d, [&] { return d.handle()->del(d.handle(), nullptr, &k, 0); });
+             if (rc == 0) d.env().note_write();
+             return rc;
+           }) == 0;
   }
 
   /// Read-modify-write in one transaction: get with DB_RMW (a write lock on the key's page),
@@ -186,7 +174,6 @@ class backend {
   template <class F>
   void modify(std::string_view key, F&& step) {
     DBT k = detail::bdb::make_dbt(key);
-    journal::ticket ticket;
     std::string current_value(256, '\0');
     std::string out;
     auto once = [&](detail::bdb::database& d, u_int32_t txn_flags) {
@@ -220,19 +207,19 @@ class backend {
       } else {
         rc = detail::bdb::guarded(d, [&] { return db->del(db, txn.get(), &k, 0); });
       }
-      return rc != 0 ? rc : commit_once(d, txn, ticket);
+      if (rc != 0) return rc;
+      rc = txn.commit();
+      if (rc == 0) d.env().note_write();
+      return rc;
     };
     unsigned attempts = 0;
-    run(
-        "DB_TXN",
-        [&](detail::bdb::database& d) {
-          const bool nowait = attempts++ < nowait_attempts;
-          const int rc = once(d, nowait ? DB_TXN_NOWAIT : 0u);
-          // A busy lock fails a DB_TXN_NOWAIT transaction with DB_LOCK_DEADLOCK: count it as the
-          // conflict it is (it never waited, so it was in no deadlock).
-          return nowait && rc == DB_LOCK_DEADLOCK ? DB_LOCK_NOTGRANTED : rc;
-        },
-        &ticket);
+    run("DB_TXN", [&](detail::bdb::database& d) {
+      const bool nowait = attempts++ < nowait_attempts;
+      const int rc = once(d, nowait ? DB_TXN_NOWAIT : 0u);
+      // A busy lock fails a DB_TXN_NOWAIT transaction with DB_LOCK_DEADLOCK: count it as the
+      // conflict it is (it never waited, so it was in no deadlock).
+      return nowait && rc == DB_LOCK_DEADLOCK ? DB_LOCK_NOTGRANTED : rc;
+    });
   }
 
   void sync() {
@@ -270,19 +257,17 @@ class backend {
 
   /// Removes every record in one transaction (DB->truncate).
   void clear() {
-    journal::ticket ticket;
-    run(
-        "DB->truncate",
-        [&](detail::bdb::database& d) {
-          std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
-          detail::bdb::transaction txn(d.env().handle());
-          if (txn.begin_error()) return txn.begin_error();
-          u_int32_t removed = 0;
-          int rc = detail::bdb::guarded(
-              d, [&] { return d.handle()->truncate(d.handle(), txn.get(), &removed, 0); });
-          return rc != 0 ? rc : commit_once(d, txn, ticket);
-        },
-        &ticket);
+    run("DB->truncate", [&](detail::bdb::database& d) {
+      std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
+      detail::bdb::transaction txn(d.env().handle());
+      if (txn.begin_error()) return txn.begin_error();
+      u_int32_t removed = 0;
+      int rc = detail::bdb::guarded(
+          d, [&] { return d.handle()->truncate(d.handle(), txn.get(), &removed, 0); });
+      if (rc == 0) rc = txn.commit();
+      if (rc == 0) d.env().note_write();
+      return rc;
+    });
   }
 
   /// The home directory in use.
@@ -416,12 +401,8 @@ class backend {
     const detail::bdb::database* previous_;
   };
 
-  /// Runs `op` on the current database, retrying after a deadlock and redoing it after a break
-  /// (recovery). A write passes its `ticket`: if the break came after it wrote its journal
-  /// record, the journal of the recovered environment says whether its commit landed, and a
-  /// landed write is not redone (see detail/journal.hpp).
   template <class Op>
-  int run(const char* origin, Op&& op, journal::ticket* ticket = nullptr) const {
+  int run(const char* origin, Op&& op) const {
     in_use counted(*this);
     for (detail::bdb::backoff retry;;) {
       detail::bdb::database& d = current();
@@ -436,26 +417,11 @@ class backend {
         detail::bdb::environment& env;
         ~inside() { env.leave(); }
       };
-      int rc = 0;
-      bool landed = false;
+      int rc;
       {
         inside guard{env};
-        if (ticket && ticket->in_doubt) {
-          rc = journal::check(env.journal(), *ticket, &landed,
-                              [&](auto&& f) { return detail::bdb::guarded(d, f); });
-          if (rc == 0) {
-            ticket->in_doubt = false;
-            (landed ? detail::bdb::stats().writes_found_landed : detail::bdb::stats().writes_redone)
-                .fetch_add(1, std::memory_order_relaxed);
-          }
-        }
-        if (rc == 0 && !landed) {
-          if (ticket) ticket->written = false;
-          rc = op(d);
-          if (rc == DB_RUNRECOVERY && ticket && ticket->written) ticket->in_doubt = true;
-        }
+        rc = op(d);
       }
-      if (landed) return 0;
       if (rc == 0 || rc == DB_NOTFOUND || rc == DB_KEYEXIST) return rc;
       if (detail::bdb::is_retryable(rc)) {
         retry(rc == DB_LOCK_NOTGRANTED);
@@ -514,29 +480,12 @@ class backend {
   int write(const char* origin, std::string_view key, std::string_view value, u_int32_t flags) {
     DBT k = detail::bdb::make_dbt(key);
     DBT v = detail::bdb::make_dbt(value);
-    journal::ticket ticket;
-    return run(
-        origin,
-        [&](detail::bdb::database& d) {
-          detail::bdb::transaction txn(d.env().handle());
-          if (txn.begin_error()) return txn.begin_error();
-          int rc = detail::bdb::guarded(
-              d, [&] { return d.handle()->put(d.handle(), txn.get(), &k, &v, flags); });
-          return rc != 0 ? rc : commit_once(d, txn, ticket);
-        },
-        &ticket);
-  }
-
-  /// Writes this thread's journal record in `txn`, then commits: the write is then done exactly
-  /// once even if the environment breaks during the commit (see detail/journal.hpp).
-  static int commit_once(detail::bdb::database& d, detail::bdb::transaction& txn,
-                         journal::ticket& ticket) {
-    int rc = journal::stamp(d.env().journal(), txn.get(), d.env().lease().journal_slots(), ticket,
-                            [&](auto&& f) { return detail::bdb::guarded(d, f); });
-    if (rc != 0) return rc;
-    rc = txn.commit();
-    if (rc == 0) d.env().note_write();
-    return rc;
+    return run(origin, [&](detail::bdb::database& d) {
+      int rc = detail::bdb::guarded(
+          d, [&] { return d.handle()->put(d.handle(), nullptr, &k, &v, flags); });
+      if (rc == 0) d.env().note_write();
+      return rc;
+    });
   }
 
   options options_;

@@ -88,8 +88,6 @@ class environment {
       }
     } catch (...) {
       DB_ENV* e = env_;
-      if (DB* j = journal_) robust::call_guarded(e, [j] { return j->close(j, DB_NOSYNC); });
-      journal_ = nullptr;
       robust::call_guarded(e, [e] { return e->close(e, 0); });
       env_ = nullptr;
       throw;
@@ -159,7 +157,6 @@ class environment {
           release_broken();
         } else {
           DB_ENV* e = env_;
-          if (DB* j = journal_) robust::call_guarded(e, [j] { return j->close(j, DB_NOSYNC); });
           robust::call_guarded(e, [e] { return e->close(e, 0); });
         }
       }
@@ -186,8 +183,6 @@ class environment {
   }
 
   [[nodiscard]] DB_ENV* handle() const noexcept { return env_; }
-  /// The home's journal (see journal.hpp), once open_journal() opened it.
-  [[nodiscard]] DB* journal() const noexcept { return journal_; }
   [[nodiscard]] home_lease& lease() const noexcept { return *lease_; }
   [[nodiscard]] std::shared_ptr<home_lease> lease_ptr() const noexcept { return lease_; }
   [[nodiscard]] const std::string& home() const noexcept { return home_; }
@@ -238,23 +233,6 @@ class environment {
       }
       checkpoints_->cv.notify_one();
     }
-  }
-
-  /// Opens (creating if needed) the home's journal: a queue of fixed-size records, one per
-  /// writing thread (see journal.hpp). Under the gate, as the environment.
-  void open_journal(const bsddb::options& o) {
-    int rc = robust::call_guarded(env_, [this] { return ::db_create(&journal_, env_, 0); });
-    if (rc != 0) {
-      journal_ = nullptr;
-      raise("db_create", rc);
-    }
-    rc = journal_->set_re_len(journal_, journal::record_size);
-    if (rc == 0)
-      rc = robust::call_guarded(env_, [&] {
-        return journal_->open(journal_, nullptr, journal_file_name, nullptr, DB_QUEUE,
-                              DB_CREATE | DB_THREAD | DB_AUTO_COMMIT, static_cast<int>(o.mode));
-      });
-    if (rc != 0) raise("DB->open", rc, lease_->home() + "/" + journal_file_name);
   }
 
  private:
@@ -429,7 +407,6 @@ class environment {
   const std::string home_;
   unsigned generation_;
   DB_ENV* env_ = nullptr;
-  DB* journal_ = nullptr;
   std::uint64_t epoch_;
   std::atomic<std::uint64_t> writes_{0};
   std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();

@@ -14,7 +14,6 @@
 
 #include "../error.hpp"
 #include "bdb_stats.hpp"
-#include "journal.hpp"
 #include "posix.hpp"
 
 namespace smisk::ipc::detail::bdb {
@@ -79,13 +78,11 @@ inline bool is_region_file_name(const std::string& name) {
 inline bool is_log_file_name(const std::string& name) { return is_numbered_name(name, "log.", 10); }
 
 /// Removes the library's own files from a temporary home, and the home if the library made it.
-/// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the
-/// journal (see journal.hpp), the lock file and the manifest. A user's "log.txt" or "__db.notes"
-/// in a home they gave is theirs.
+/// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the lock
+/// file and the manifest. A user's "log.txt" or "__db.notes" in a home they gave is theirs.
 inline void remove_home_files(const std::string& home, const manifest& m) {
   for (const auto& name : list_dir(home)) {
-    bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name) ||
-                name == journal_file_name;
+    bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name);
     if (ours) ::unlink((home + "/" + name).c_str());
   }
   ::unlink((home + "/" + manifest_file_name + ".tmp").c_str());

@@ -151,7 +151,6 @@ class registry {
       environment& env;
       ~inside() { env.leave(); }
     } guard{*env};
-    if (!env->journal()) env->open_journal(o);
     auto db = std::make_shared<database>(env, loc.name, key_type, value_type, o.method, o.mode);
     databases_[db_key] = db;
     formats_[db_key] = format_record(key_type, value_type, o.method);

@@ -9,13 +9,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <string>
 
 #include "../error.hpp"
 #include "bdb_home_files.hpp"
 #include "bdb_stats.hpp"
-#include "journal.hpp"
 #include "lock_fds.hpp"
 #include "posix.hpp"
 
@@ -162,11 +160,6 @@ class home_lease {
       throw_errno("cannot write the lock file in " + home_, "pwrite");
   }
   [[nodiscard]] int fd() const noexcept { return users_ ? users_.get() : gate_.get(); }
-  /// This process's journal slots in the home (see journal.hpp): they live as long as its
-  /// membership, across recoveries.
-  [[nodiscard]] const std::shared_ptr<journal::slots>& journal_slots() const noexcept {
-    return journal_slots_;
-  }
   /// Releases the gate the constructor took (once).
   void unlock_gate() {
     if (!gate_) return;
@@ -201,8 +194,6 @@ class home_lease {
   std::atomic<bool> left_{false};
   lock_fd gate_;   // holds the gate from construction until unlock_gate()
   lock_fd users_;  // holds byte 1 shared: this process's membership
-  std::shared_ptr<journal::slots> journal_slots_ =
-      std::make_shared<journal::slots>(home_, home_ + "/" + lock_file_name);
 };
 
 }  // namespace smisk::ipc::detail::bdb

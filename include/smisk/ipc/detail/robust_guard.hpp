@@ -32,8 +32,8 @@ namespace smisk::ipc::detail::robust {
 inline thread_local sigjmp_buf* detect_escape = nullptr;
 /// Set by the library's checkpoint thread: libdb's whole-second polling sleeps (see
 /// smisk_ipc_robust_os_yield) become 10 ms there. A checkpoint meets pages that writers have
-/// latched for a moment (every write latches its thread's journal page, see journal.hpp), and a
-/// second per encounter made checkpoints, and a close waiting for one, a second late.
+/// latched for a moment, and a second per encounter made checkpoints, and a close waiting for
+/// one, a second late.
 inline thread_local bool quick_yields = false;
 /// Why the last escape to a guard happened: a fault, or a wait that could never end.
 enum class escape_reason { fault, endless_wait };
