@@ -349,7 +349,6 @@ struct steady_slot {
   std::atomic<std::int64_t> wrong_results{0};     // an insert of its absent flag or an erase of its
                                                   // present one that returned false
   std::atomic<std::int64_t> heartbeat_ns{0};      // its last acknowledged op (or the start)
-  std::atomic<bool> stopped{false};
 };
 
 struct chaos_shared {
@@ -460,7 +459,6 @@ void steady_worker(chaos_shared& sh, int n, const ipc::bsddb::options& opts) {
       ::usleep(10000);
     }
   }
-  s.stopped.store(true);
 }
 
 class chaos : public ::testing::TestWithParam<bool> {};

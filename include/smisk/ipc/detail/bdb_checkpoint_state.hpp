@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "bdb_home_files.hpp"
 #include "bdb_liveness.hpp"
 #include "posix.hpp"
 #include "robust_mutex.hpp"
@@ -38,12 +39,12 @@ struct checkpoint_state {
   /// environment's after another process retired it and made a new one under the same name.
   unique_fd regenv;
 
-  /// Whether a process panicked the environment (it is dead for every process): REGENV's second
-  /// word. Read from the file, not the mapping, which another thread may be unmapping.
+  /// Whether a process panicked the environment (it is dead for every process): REGENV's panic
+  /// flag. Read from the file, not the mapping, which another thread may be unmapping.
   [[nodiscard]] bool panicked() const noexcept {
     std::uint32_t panic = 0;
     return regenv &&
-           ::pread(regenv.get(), &panic, sizeof panic, sizeof(std::uint32_t)) ==
+           ::pread(regenv.get(), &panic, sizeof panic, regenv_panic_offset) ==
                static_cast<ssize_t>(sizeof panic) &&
            panic != 0;
   }

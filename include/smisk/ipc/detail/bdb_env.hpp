@@ -97,14 +97,7 @@ class environment {
     robust::for_each_region(home_.c_str(), [this](std::uintptr_t lo, std::uintptr_t hi) {
       checkpoints_->regions.emplace_back(lo, hi);
     });
-    {
-      unique_fd primary(::open((home_ + "/__db.001").c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
-      std::uint32_t magic = 0;
-      if (primary &&
-          ::pread(primary.get(), &magic, sizeof magic, 0) == static_cast<ssize_t>(sizeof magic) &&
-          magic == region_magic)
-        checkpoints_->regenv = std::move(primary);
-    }
+    checkpoints_->regenv = open_primary_region(home_, O_RDONLY);
     watchdog_ = start_library_thread([this] {
       block_signals_in_this_thread();
       watch();

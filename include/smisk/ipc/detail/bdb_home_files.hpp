@@ -92,9 +92,22 @@ inline void remove_home_files(const std::string& home, const manifest& m) {
     stats().homes_removed.fetch_add(1, std::memory_order_relaxed);
 }
 
-/// DB_REGION_MAGIC: the first word of REGENV, at the start of the primary region (__db.001); the
-/// second word is the environment's panic flag.
+/// DB_REGION_MAGIC: the first word of REGENV, at the start of the primary region (__db.001).
 constexpr std::uint32_t region_magic = 0x120897;
+/// Where REGENV keeps the environment's panic flag: its second word.
+constexpr off_t regenv_panic_offset = sizeof(std::uint32_t);
+
+/// The primary region file of the environment in `home` (REGENV first), opened with `flags`, or
+/// an empty descriptor if there is none or it does not start with the region magic.
+inline unique_fd open_primary_region(const std::string& home, int flags) {
+  unique_fd primary(::open((home + "/__db.001").c_str(), flags | O_CLOEXEC | O_NOFOLLOW));
+  std::uint32_t magic = 0;
+  if (!primary ||
+      ::pread(primary.get(), &magic, sizeof magic, 0) != static_cast<ssize_t>(sizeof magic) ||
+      magic != region_magic)
+    return unique_fd();
+  return primary;
+}
 
 /// Retires the environment regions of a home before this process recovers it (under the gate):
 /// marks the old environment dead, as Berkeley DB's own recovery does first (the panic word of
@@ -104,15 +117,10 @@ constexpr std::uint32_t region_magic = 0x120897;
 /// through the regions' own allocator, whose free lists a process killed inside that allocator
 /// leaves cyclic: the recovering process then loops for ever.
 inline void retire_regions(const std::string& home) {
-  {
-    unique_fd primary(::open((home + "/__db.001").c_str(), O_RDWR | O_CLOEXEC | O_NOFOLLOW));
-    std::uint32_t head[2] = {0, 0};
-    if (primary && ::pread(primary.get(), head, sizeof head, 0) == sizeof head &&
-        head[0] == region_magic) {
-      const std::uint32_t panic = 1;  // REGENV's second word
-      if (::pwrite(primary.get(), &panic, sizeof panic, sizeof(std::uint32_t)) != sizeof panic)
-        throw_errno("cannot mark the old environment of " + home + " dead", "pwrite");
-    }
+  if (unique_fd primary = open_primary_region(home, O_RDWR)) {
+    const std::uint32_t panic = 1;
+    if (::pwrite(primary.get(), &panic, sizeof panic, regenv_panic_offset) != sizeof panic)
+      throw_errno("cannot mark the old environment of " + home + " dead", "pwrite");
   }
   std::vector<std::string> regions;
   for (const auto& name : list_dir(home)) {
