@@ -54,11 +54,9 @@ inline int wait_failed() noexcept {
 
 /// Whether the environment of the calling thread's library call is known dead: broken in this
 /// process, or panicked by another (the one that recovered the home retired it, see
-/// retire_regions). A latch held by a process that died in an environment the others have already
-/// left is never released, and nothing else would end the wait (seen: a worker waiting 14 s, until
-/// killed, on a page latch of a retired environment). It reads the panic flag from a file, so the
-/// waits below look only after a whole slice went by: a short wait (most contended locks) pays
-/// nothing for it.
+/// retire_regions). Looked at once per wait slice: a latch held by a process that died in an
+/// environment the others have already left is never released, and nothing else would end the
+/// wait (seen: a worker waiting 14 s, until killed, on a page latch of a retired environment).
 inline bool environment_dead() noexcept {
   broken_check_fn check = broken_check.load(std::memory_order_acquire);
   return check && current_env && check(current_env);
@@ -69,8 +67,8 @@ inline int mutex_lock(pthread_mutex_t* m) noexcept {
   if (rc == 0) return 0;
   if (rc != EBUSY) return lock_failed(m, rc);
   mutex_timed_fn timed = real_timedlock.load(std::memory_order_acquire);
-  for (bool waited = false;; waited = true) {
-    if (is_broken(m) || (waited && environment_dead())) return wait_failed();
+  for (;;) {
+    if (is_broken(m) || environment_dead()) return wait_failed();
     timespec t = slice_deadline();
     rc = timed(m, &t);
     if (rc == 0) return 0;
@@ -87,9 +85,9 @@ inline int mutex_trylock(pthread_mutex_t* m) noexcept {
 /// the mutex held, as pthread_cond_wait does, except on ENOTRECOVERABLE from glibc.
 inline int cond_wait(pthread_cond_t* c, pthread_mutex_t* m, const timespec* until) noexcept {
   cond_timedwait_fn wait = real_cond_timedwait.load(std::memory_order_acquire);
-  for (bool waited = false;; waited = true) {
+  for (;;) {
     // An error with the mutex held: libdb unlocks it and panics.
-    if (is_broken(c) || (waited && environment_dead())) return wait_failed();
+    if (is_broken(c) || environment_dead()) return wait_failed();
     timespec t = slice_deadline();
     bool last = until && !before(t, *until);
     int rc = wait(c, m, last ? until : &t);
@@ -106,8 +104,8 @@ inline int cond_wait(pthread_cond_t* c, pthread_mutex_t* m, const timespec* unti
 inline int rwlock_lock(pthread_rwlock_t* l, rwlock_fn try_fn, rwlock_timed_fn timed_fn) noexcept {
   int rc = try_fn(l);
   if (rc != EBUSY) return rc;
-  for (bool waited = false;; waited = true) {
-    if (is_broken(l) || (waited && environment_dead())) return wait_failed();
+  for (;;) {
+    if (is_broken(l) || environment_dead()) return wait_failed();
     timespec t = slice_deadline();
     rc = timed_fn(l, &t);
     if (rc != ETIMEDOUT) return rc;
