@@ -179,7 +179,9 @@ std::string persistence_name(const ::testing::TestParamInfo<bool>& info) {
   X(dead_mutex_owners)            \
   X(aborted_waits)                \
   X(libdb_faults)                 \
-  X(lock_conflicts)
+  X(lock_conflicts)               \
+  X(writes_found_landed)          \
+  X(writes_redone)
 
 #define SMISK_CRASH_TEST_HAS_FIELD(field)                                           \
   template <class S, class = void>                                                  \
@@ -339,16 +341,19 @@ struct chaos_slot {
 
 /// Workers that are never killed, beside the chaos workers: each increments a key of its own,
 /// and inserts and erases a flag of its own. Their operations are redone after every recovery
-/// that the kills force on them: none may be lost, and none may wait longer than the stall
-/// bound. (A redo can still apply a write whose first commit had landed: the key may end above
-/// what was acknowledged. Exactly-once is not done yet; see docs/exactly-once.md.)
+/// that the kills force on them, so the key counts exactly what they were told was applied only
+/// if a redo never applies a write a second time (exactly-once, see
+/// detail/bdb_landed_commits.hpp); and none may wait longer than the stall bound.
 constexpr int kSteadyWorkers = 3;
 
 struct steady_slot {
   std::atomic<std::int64_t> acked_increments{0};  // increment("steady<n>") calls that returned
   std::atomic<std::int64_t> wrong_results{0};     // an insert of its absent flag or an erase of its
                                                   // present one that returned false
-  std::atomic<std::int64_t> heartbeat_ns{0};      // its last acknowledged op (or the start)
+  std::atomic<std::int64_t> landed{0};  // its writes_found_landed at the end (commits a break
+                                        // interrupted that had landed: a redo would double them)
+  std::atomic<std::int64_t> redone{0};  // its writes_redone at the end
+  std::atomic<std::int64_t> heartbeat_ns{0};  // its last acknowledged op (or the start)
 };
 
 struct chaos_shared {
@@ -435,9 +440,9 @@ void chaos_worker(chaos_shared& sh, int slot, const ipc::bsddb::options& opts,
   s.stage.store(done);
 }
 
-/// A never-killed worker (see kSteadyWorkers). It counts the calls whose result was not what a
-/// single application gives (an insert of its absent flag or the erase that follows returning
-/// false): a redo of a write whose first commit had landed.
+/// A never-killed worker (see kSteadyWorkers). Every call's result is checked: an insert of its
+/// absent flag must return true and the erase that follows must return true too; a redo of a
+/// write that had landed would make them false (or count an increment twice).
 void steady_worker(chaos_shared& sh, int n, const ipc::bsddb::options& opts) {
   steady_slot& s = sh.steady[n];
   int_dict d(opts);
@@ -459,6 +464,9 @@ void steady_worker(chaos_shared& sh, int n, const ipc::bsddb::options& opts) {
       ::usleep(10000);
     }
   }
+  const auto st = ipc::bsddb::stats();
+  s.landed.store(static_cast<std::int64_t>(st.writes_found_landed));
+  s.redone.store(static_cast<std::int64_t>(st.writes_redone));
 }
 
 class chaos : public ::testing::TestWithParam<bool> {};
@@ -748,19 +756,20 @@ TEST_P(chaos, workers_sigkilled_at_random_lose_nothing_and_never_stall) {
       << "more increments landed than were made";
   EXPECT_EQ(missing, 0) << "acknowledged sets are missing; first: " << first_bad;
 
-  // Each never-killed worker's key holds at least its acknowledged increments (none lost). It may
-  // hold more: a redo after a break can apply an increment whose first commit had landed (not
-  // exactly-once yet), and the excess is reported.
+  // Exactly-once: each never-killed worker's key counts exactly its acknowledged increments, and
+  // no insert or erase of its own flag reported the opposite of what it did.
   for (int n = 0; n < kSteadyWorkers; ++n) {
     const steady_slot& s = sh->steady[n];
     const std::int64_t value = parent_dict->get(steady_key(n)).value_or(0);
     std::printf("[ chaos   ] %s: never-killed worker %d: %s = %" PRId64 ", acknowledged %" PRId64
-                " (%" PRId64 " applied twice by a redo), %" PRId64
-                " insert/erase results of a redo whose first commit had landed\n",
+                ", %" PRId64 " wrong insert/erase results; commits interrupted by a break: %" PRId64
+                " found landed, %" PRId64 " redone\n",
                 kind(persistent), n, steady_key(n).c_str(), value, s.acked_increments.load(),
-                value - s.acked_increments.load(), s.wrong_results.load());
-    EXPECT_GE(value, s.acked_increments.load())
-        << "never-killed worker " << n << ": acknowledged increments of its key are lost";
+                s.wrong_results.load(), s.landed.load(), s.redone.load());
+    EXPECT_EQ(value, s.acked_increments.load())
+        << "never-killed worker " << n << ": its key is not what it was told was applied";
+    EXPECT_EQ(s.wrong_results.load(), 0)
+        << "never-killed worker " << n << ": a redone insert or erase reported a wrong result";
     EXPECT_FALSE(parent_dict->contains(steady_flag(n)));
   }
   EXPECT_EQ(wrong, 0) << "acknowledged sets read back wrong; first: " << first_bad;

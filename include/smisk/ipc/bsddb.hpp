@@ -25,6 +25,7 @@
 
 #include "backend.hpp"
 #include "bsddb_options.hpp"
+#include "detail/bdb_landed_commits.hpp"
 #include "detail/bdb_registry.hpp"
 #include "error.hpp"
 #include "shared_dict.hpp"
@@ -47,6 +48,10 @@ struct statistics {
                                ///< process's half-made structures; each became a recovery
   std::uint64_t lock_conflicts;  ///< read-modify-writes retried because the key's lock was busy
                                  ///< (they do not queue at first, see backend::modify)
+  std::uint64_t writes_found_landed;  ///< writes whose commit a break interrupted, found applied
+                                      ///< after recovery (and so not redone)
+  std::uint64_t writes_redone;        ///< writes whose commit a break interrupted, found not
+                                      ///< applied after recovery (and so redone)
 };
 
 /// The counters of this process.
@@ -58,7 +63,8 @@ inline statistics stats() noexcept {
           s.homes_removed.load(),       s.recoveries.load(),
           s.failchk_errors.load(),      s.environments_abandoned.load(),
           r.owner_died.load(),          r.waits_failed.load(),
-          r.libdb_faults.load(),        s.lock_conflicts.load()};
+          r.libdb_faults.load(),        s.lock_conflicts.load(),
+          s.writes_found_landed.load(), s.writes_redone.load()};
 }
 
 /// What the library does to this process to survive processes killed inside Berkeley DB (see
@@ -154,12 +160,17 @@ class backend {
 
   bool remove(std::string_view key) {
     DBT k = detail::bdb::make_dbt(key);
-    return run("DB->del", [&](detail::bdb::database& d) {
-             int rc = detail::bdb::guarded(
-                 d, [&] { return d.handle()->del(d.handle(), nullptr, &k, 0); });
-             if (rc == 0) d.env().note_write();
-             return rc;
-           }) == 0;
+    detail::bdb::commit_ticket ticket;
+    return run(
+               "DB->del",
+               [&](detail::bdb::database& d) {
+                 detail::bdb::transaction txn(d.env().handle());
+                 if (txn.begin_error()) return txn.begin_error();
+                 int rc = detail::bdb::guarded(
+                     d, [&] { return d.handle()->del(d.handle(), txn.get(), &k, 0); });
+                 return rc != 0 ? rc : commit(d, txn, ticket);
+               },
+               &ticket) == 0;
   }
 
   /// Read-modify-write in one transaction: get with DB_RMW (a write lock on the key's page),
@@ -174,6 +185,7 @@ class backend {
   template <class F>
   void modify(std::string_view key, F&& step) {
     DBT k = detail::bdb::make_dbt(key);
+    detail::bdb::commit_ticket ticket;
     std::string current_value(256, '\0');
     std::string out;
     auto once = [&](detail::bdb::database& d, u_int32_t txn_flags) {
@@ -207,19 +219,19 @@ class backend {
       } else {
         rc = detail::bdb::guarded(d, [&] { return db->del(db, txn.get(), &k, 0); });
       }
-      if (rc != 0) return rc;
-      rc = txn.commit();
-      if (rc == 0) d.env().note_write();
-      return rc;
+      return rc != 0 ? rc : commit(d, txn, ticket);
     };
     unsigned attempts = 0;
-    run("DB_TXN", [&](detail::bdb::database& d) {
-      const bool nowait = attempts++ < nowait_attempts;
-      const int rc = once(d, nowait ? DB_TXN_NOWAIT : 0u);
-      // A busy lock fails a DB_TXN_NOWAIT transaction with DB_LOCK_DEADLOCK: count it as the
-      // conflict it is (it never waited, so it was in no deadlock).
-      return nowait && rc == DB_LOCK_DEADLOCK ? DB_LOCK_NOTGRANTED : rc;
-    });
+    run(
+        "DB_TXN",
+        [&](detail::bdb::database& d) {
+          const bool nowait = attempts++ < nowait_attempts;
+          const int rc = once(d, nowait ? DB_TXN_NOWAIT : 0u);
+          // A busy lock fails a DB_TXN_NOWAIT transaction with DB_LOCK_DEADLOCK: count it as the
+          // conflict it is (it never waited, so it was in no deadlock).
+          return nowait && rc == DB_LOCK_DEADLOCK ? DB_LOCK_NOTGRANTED : rc;
+        },
+        &ticket);
   }
 
   void sync() {
@@ -257,17 +269,19 @@ class backend {
 
   /// Removes every record in one transaction (DB->truncate).
   void clear() {
-    run("DB->truncate", [&](detail::bdb::database& d) {
-      std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
-      detail::bdb::transaction txn(d.env().handle());
-      if (txn.begin_error()) return txn.begin_error();
-      u_int32_t removed = 0;
-      int rc = detail::bdb::guarded(
-          d, [&] { return d.handle()->truncate(d.handle(), txn.get(), &removed, 0); });
-      if (rc == 0) rc = txn.commit();
-      if (rc == 0) d.env().note_write();
-      return rc;
-    });
+    detail::bdb::commit_ticket ticket;
+    run(
+        "DB->truncate",
+        [&](detail::bdb::database& d) {
+          std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
+          detail::bdb::transaction txn(d.env().handle());
+          if (txn.begin_error()) return txn.begin_error();
+          u_int32_t removed = 0;
+          int rc = detail::bdb::guarded(
+              d, [&] { return d.handle()->truncate(d.handle(), txn.get(), &removed, 0); });
+          return rc != 0 ? rc : commit(d, txn, ticket);
+        },
+        &ticket);
   }
 
   /// The home directory in use.
@@ -401,8 +415,12 @@ class backend {
     const detail::bdb::database* previous_;
   };
 
+  /// Runs `op` on the current database, retrying it after a deadlock and redoing it after a
+  /// break (recovery). A write passes its `ticket`: if the break interrupted its commit, the
+  /// record the recovery made says whether that commit landed, and a landed write is not redone
+  /// (see detail/bdb_landed_commits.hpp).
   template <class Op>
-  int run(const char* origin, Op&& op) const {
+  int run(const char* origin, Op&& op, detail::bdb::commit_ticket* ticket = nullptr) const {
     in_use counted(*this);
     for (detail::bdb::backoff retry;;) {
       detail::bdb::database& d = current();
@@ -417,10 +435,37 @@ class backend {
         detail::bdb::environment& env;
         ~inside() { env.leave(); }
       };
+      if (ticket && ticket->in_doubt) {
+        if (env.epoch() == ticket->epoch) {
+          // Not yet replaced by a recovered environment (a break always replaces it).
+          env.leave();
+          env.abort_waits();
+          continue;
+        }
+        const auto outcome = detail::bdb::look_up_commit(env.home(), *ticket);
+        if (outcome == detail::bdb::commit_outcome::unknown) {
+          env.leave();
+          throw engine_error(std::string("smisk::ipc: ") + origin +
+                             ": the environment broke during this write's commit and no "
+                             "recovery recorded whether it landed (this thread stayed away over "
+                             "too many recoveries); the write may or may not be applied");
+        }
+        ticket->in_doubt = false;
+        if (outcome == detail::bdb::commit_outcome::landed) {
+          env.leave();
+          detail::bdb::stats().writes_found_landed.fetch_add(1, std::memory_order_relaxed);
+          return 0;
+        }
+        detail::bdb::stats().writes_redone.fetch_add(1, std::memory_order_relaxed);
+      }
       int rc;
       {
         inside guard{env};
         rc = op(d);
+      }
+      if (ticket && ticket->committing) {
+        ticket->committing = false;
+        ticket->in_doubt = rc == DB_RUNRECOVERY;
       }
       if (rc == 0 || rc == DB_NOTFOUND || rc == DB_KEYEXIST) return rc;
       if (detail::bdb::is_retryable(rc)) {
@@ -480,12 +525,31 @@ class backend {
   int write(const char* origin, std::string_view key, std::string_view value, u_int32_t flags) {
     DBT k = detail::bdb::make_dbt(key);
     DBT v = detail::bdb::make_dbt(value);
-    return run(origin, [&](detail::bdb::database& d) {
-      int rc = detail::bdb::guarded(
-          d, [&] { return d.handle()->put(d.handle(), nullptr, &k, &v, flags); });
-      if (rc == 0) d.env().note_write();
-      return rc;
-    });
+    detail::bdb::commit_ticket ticket;
+    return run(
+        origin,
+        [&](detail::bdb::database& d) {
+          detail::bdb::transaction txn(d.env().handle());
+          if (txn.begin_error()) return txn.begin_error();
+          int rc = detail::bdb::guarded(
+              d, [&] { return d.handle()->put(d.handle(), txn.get(), &k, &v, flags); });
+          return rc != 0 ? rc : commit(d, txn, ticket);
+        },
+        &ticket);
+  }
+
+  /// Commits a write transaction, keeping in `ticket` what identifies its commit record, for
+  /// run() to look up should a break interrupt the commit. The transaction is explicit (not
+  /// DB_AUTO_COMMIT) only to know its id: the same work for Berkeley DB.
+  static int commit(detail::bdb::database& d, detail::bdb::transaction& txn,
+                    detail::bdb::commit_ticket& ticket) {
+    ticket.epoch = d.env().epoch();
+    ticket.envid = d.env().envid();
+    ticket.txnid = txn.get()->id(txn.get());
+    ticket.committing = true;
+    const int rc = txn.commit();
+    if (rc == 0) d.env().note_write();
+    return rc;
   }
 
   options options_;

@@ -15,11 +15,13 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "../bsddb_options.hpp"
 #include "bdb_checkpoint_state.hpp"
 #include "bdb_errors.hpp"
 #include "bdb_home_files.hpp"
+#include "bdb_landed_commits.hpp"
 #include "bdb_liveness.hpp"
 #include "bdb_stats.hpp"
 #include "home_lease.hpp"
@@ -43,8 +45,10 @@ class environment {
   /// Opens the environment of a home; the caller holds the home's gate. `recover` runs Berkeley
   /// DB recovery (only safe when no other process uses the environment, or when every other
   /// process will notice the panic that recovery leaves in the old environment and reopen).
+  /// `retired_envid`: the id of the environment that recovery replaces, whose commits found in
+  /// the log are recorded for the threads a break interrupted (bdb_landed_commits.hpp).
   environment(std::shared_ptr<home_lease> lease, const bsddb::options& o, bool recover,
-              std::uint64_t epoch)
+              std::uint64_t epoch, std::uint32_t retired_envid = 0)
       : lease_(std::move(lease)),
         home_(lease_->home()),
         generation_(fork_generation()),
@@ -67,7 +71,13 @@ class environment {
     if (rc != 0) raise("db_env_create", rc);
     env_->app_private = checkpoints_.get();  // for is_alive
     try {
-      configure(o);
+      // Recovery's own checkpoint must not remove the log files whose commits are recorded
+      // below; log removal is switched on after that.
+      configure(o, !recover);
+      // Before the recovery: which environments' commits it records (see
+      // bdb_landed_commits.hpp).
+      const std::vector<std::uint32_t> landed_targets =
+          recover ? begin_recovery(home_, retired_envid, o.mode) : std::vector<std::uint32_t>{};
       // DB_REGISTER is not used: it recovers (and so panics every live process) whenever any
       // process exited without closing, even one that held nothing. DB_FAILCHK at open is not
       // used either: with Berkeley DB 5.3's pthread mutexes its internal failchk fails with
@@ -81,8 +91,14 @@ class environment {
         return env_->open(env_, lease_->home().c_str(), flags, static_cast<int>(o.mode));
       });
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
-      if (recover) stats().recoveries.fetch_add(1, std::memory_order_relaxed);
-      if (!recover) {
+      if (recover) {
+        stats().recoveries.fetch_add(1, std::memory_order_relaxed);
+        // Before anyone writes: which commits of the retired environment landed. Should that
+        // fail, a thread interrupted in its commit gets commit_outcome::unknown, never a redo
+        // of a write that may have landed.
+        (void)record_landed_commits(env_, home_, landed_targets, o.mode);
+        check(env_->log_set_config(env_, DB_LOG_AUTO_REMOVE, 1), "DB_ENV->log_set_config");
+      } else {
         rc = run_failchk(env_);
         if (rc != 0) raise("DB_ENV->failchk", rc, lease_->home());
       }
@@ -98,6 +114,7 @@ class environment {
       checkpoints_->regions.emplace_back(lo, hi);
     });
     checkpoints_->regenv = open_primary_region(home_, O_RDONLY);
+    envid_ = read_envid(checkpoints_->regenv.get());
     watchdog_ = start_library_thread([this] {
       block_signals_in_this_thread();
       watch();
@@ -190,6 +207,8 @@ class environment {
   /// from now on, and the calling thread forgets the mutexes it still holds there.
   void abort_waits() noexcept { checkpoints_->abort_waits(); }
   [[nodiscard]] std::uint64_t epoch() const noexcept { return epoch_; }
+  /// Berkeley DB's id of this environment (REGENV.envid), as its commit records carry it.
+  [[nodiscard]] std::uint32_t envid() const noexcept { return envid_; }
 
   /// Operations announce themselves, so that a broken environment is closed only once no thread
   /// of this process is inside it. @returns false (and enters nothing) if it is broken.
@@ -229,7 +248,7 @@ class environment {
   }
 
  private:
-  void configure(const bsddb::options& o) {
+  void configure(const bsddb::options& o, bool remove_logs) {
     env_->set_errcall(env_, &on_bdb_error);
     env_->set_msgcall(env_, &on_bdb_message);
     std::size_t cache =
@@ -246,7 +265,8 @@ class environment {
     check(env_->set_isalive(env_, &is_alive), "DB_ENV->set_isalive");
     check(env_->set_lg_bsize(env_, 1u << 20), "DB_ENV->set_lg_bsize");
     check(env_->set_lg_max(env_, 8u << 20), "DB_ENV->set_lg_max");
-    check(env_->log_set_config(env_, DB_LOG_AUTO_REMOVE, 1), "DB_ENV->log_set_config");
+    check(env_->log_set_config(env_, DB_LOG_AUTO_REMOVE, remove_logs ? 1 : 0),
+          "DB_ENV->log_set_config");
     if (o.durability == bsddb::durability_level::none)
       check(env_->set_flags(env_, DB_TXN_NOSYNC, 1), "DB_ENV->set_flags");
     else if (o.durability == bsddb::durability_level::process_crash)
@@ -401,6 +421,7 @@ class environment {
   unsigned generation_;
   DB_ENV* env_ = nullptr;
   std::uint64_t epoch_;
+  std::uint32_t envid_ = 0;
   std::atomic<std::uint64_t> writes_{0};
   std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();
   std::atomic<int> inflight_{0};

@@ -20,6 +20,8 @@ namespace smisk::ipc::detail::bdb {
 
 constexpr const char* lock_file_name = "smisk-ipc.lock";
 constexpr const char* manifest_file_name = "smisk-ipc.manifest";
+/// Which commits the last recoveries found in the log (bdb_landed_commits.hpp).
+constexpr const char* landed_file_name = "smisk-ipc.landed";
 
 /// What the library records in a home: whether it created the directory, whether the home is
 /// persistent, and the database files it made there.
@@ -79,14 +81,17 @@ inline bool is_log_file_name(const std::string& name) { return is_numbered_name(
 
 /// Removes the library's own files from a temporary home, and the home if the library made it.
 /// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the lock
-/// file and the manifest. A user's "log.txt" or "__db.notes" in a home they gave is theirs.
+/// file, the manifest and the record of landed commits. A user's "log.txt" or "__db.notes" in a
+/// home they gave is theirs.
 inline void remove_home_files(const std::string& home, const manifest& m) {
   for (const auto& name : list_dir(home)) {
     bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name);
     if (ours) ::unlink((home + "/" + name).c_str());
   }
-  ::unlink((home + "/" + manifest_file_name + ".tmp").c_str());
-  ::unlink((home + "/" + manifest_file_name).c_str());
+  for (const char* file : {manifest_file_name, landed_file_name}) {
+    ::unlink((home + "/" + file + ".tmp").c_str());
+    ::unlink((home + "/" + file).c_str());
+  }
   ::unlink((home + "/" + lock_file_name).c_str());
   if (m.created_home && ::rmdir(home.c_str()) == 0)
     stats().homes_removed.fetch_add(1, std::memory_order_relaxed);
@@ -96,6 +101,18 @@ inline void remove_home_files(const std::string& home, const manifest& m) {
 constexpr std::uint32_t region_magic = 0x120897;
 /// Where REGENV keeps the environment's panic flag: its second word.
 constexpr off_t regenv_panic_offset = sizeof(std::uint32_t);
+/// Where REGENV keeps the environment's id (a new one for every region creation, so for every
+/// recovery): its sixth word, after magic, panic and the three version numbers.
+constexpr off_t regenv_envid_offset = 5 * sizeof(std::uint32_t);
+
+/// The environment id in an open primary region, or 0.
+inline std::uint32_t read_envid(int primary) noexcept {
+  std::uint32_t envid = 0;
+  if (primary < 0 || ::pread(primary, &envid, sizeof envid, regenv_envid_offset) !=
+                         static_cast<ssize_t>(sizeof envid))
+    return 0;
+  return envid;
+}
 
 /// The primary region file of the environment in `home` (REGENV first), opened with `flags`, or
 /// an empty descriptor if there is none or it does not start with the region magic.
@@ -116,8 +133,11 @@ inline unique_fd open_primary_region(const std::string& home, int flags) {
 /// regions. Berkeley DB's recovery would instead attach to the old regions and free their memory
 /// through the regions' own allocator, whose free lists a process killed inside that allocator
 /// leaves cyclic: the recovering process then loops for ever.
-inline void retire_regions(const std::string& home) {
+/// @returns the retired environment's id (0 if there was none).
+inline std::uint32_t retire_regions(const std::string& home) {
+  std::uint32_t envid = 0;
   if (unique_fd primary = open_primary_region(home, O_RDWR)) {
+    envid = read_envid(primary.get());
     const std::uint32_t panic = 1;
     if (::pwrite(primary.get(), &panic, sizeof panic, regenv_panic_offset) != sizeof panic)
       throw_errno("cannot mark the old environment of " + home + " dead", "pwrite");
@@ -130,6 +150,7 @@ inline void retire_regions(const std::string& home) {
   // The primary region (__db.001) last, as Berkeley DB does.
   std::sort(regions.rbegin(), regions.rend());
   for (const auto& name : regions) ::unlink((home + "/" + name).c_str());
+  return envid;
 }
 
 }  // namespace smisk::ipc::detail::bdb

@@ -234,8 +234,8 @@ class registry {
     }
     if (recover) {
       lease->write_epoch(++epoch, true);
-      retire_regions(loc.home);
-      env = std::make_shared<environment>(lease, o, true, epoch);
+      const std::uint32_t retired_envid = retire_regions(loc.home);
+      env = std::make_shared<environment>(lease, o, true, epoch, retired_envid);
       lease->write_epoch(epoch, false);
     }
     leases_[loc.home] = lease;

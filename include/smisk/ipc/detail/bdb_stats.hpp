@@ -18,6 +18,8 @@ struct statistics {
   std::atomic<std::uint64_t> recoveries{0};
   std::atomic<std::uint64_t> environments_abandoned{0};
   std::atomic<std::uint64_t> lock_conflicts{0};
+  std::atomic<std::uint64_t> writes_found_landed{0};
+  std::atomic<std::uint64_t> writes_redone{0};
 };
 inline statistics& stats() {
   static statistics s;
