@@ -154,7 +154,7 @@ inline std::vector<section> read_file(const std::string& home) {
        take(magic) && magic == section_magic && take(envid) && take(cover) && take(count);) {
     if (cover > 2 || count > (bytes.size() - at) / 4) break;  // not ours: ignore the rest
     section s{envid, static_cast<coverage>(cover), std::vector<std::uint32_t>(count)};
-    std::memcpy(s.txnids.data(), bytes.data() + at, std::size_t{count} * 4);
+    if (count != 0) std::memcpy(s.txnids.data(), bytes.data() + at, std::size_t{count} * 4);
     at += std::size_t{count} * 4;
     sections.push_back(std::move(s));
   }
@@ -170,7 +170,8 @@ inline bool write_file(const std::string& home, const std::vector<section>& sect
     put(s.envid);
     put(static_cast<std::uint32_t>(s.cover));
     put(static_cast<std::uint32_t>(s.txnids.size()));
-    bytes.append(reinterpret_cast<const char*>(s.txnids.data()), s.txnids.size() * 4);
+    if (!s.txnids.empty())
+      bytes.append(reinterpret_cast<const char*>(s.txnids.data()), s.txnids.size() * 4);
   }
   const std::string path = home + "/" + landed_file_name;
   const std::string tmp = path + ".tmp";
