@@ -70,7 +70,7 @@ void run_breaking_child(const std::string& home, child_log* out) {
   ASSERT_EQ(::db_create(&db, env, 0), 0);
   ASSERT_EQ(db->open(db, nullptr, "d.db", nullptr, DB_BTREE, DB_CREATE | DB_AUTO_COMMIT, 0600), 0);
   smisk::ipc::detail::unique_fd primary = bdb::open_primary_region(home, O_RDONLY);
-  out->envid = bdb::read_envid(primary.get());
+  out->envid = bdb::regenv_word(primary.get(), bdb::regenv_envid_offset);
   DB_TXN* txn = nullptr;
   ASSERT_EQ(put(env, db, "before the checkpoint", &txn), 0);
   ASSERT_EQ(txn->commit(txn, 0), 0);

@@ -160,17 +160,10 @@ class backend {
 
   bool remove(std::string_view key) {
     DBT k = detail::bdb::make_dbt(key);
-    detail::bdb::commit_ticket ticket;
-    return run(
-               "DB->del",
-               [&](detail::bdb::database& d) {
-                 detail::bdb::transaction txn(d.env().handle());
-                 if (txn.begin_error()) return txn.begin_error();
-                 int rc = detail::bdb::guarded(
-                     d, [&] { return d.handle()->del(d.handle(), txn.get(), &k, 0); });
-                 return rc != 0 ? rc : commit(d, txn, ticket);
-               },
-               &ticket) == 0;
+    return write_transaction("DB->del", [&](detail::bdb::database& d, DB_TXN* txn) {
+             return detail::bdb::guarded(d,
+                                         [&] { return d.handle()->del(d.handle(), txn, &k, 0); });
+           }) == 0;
   }
 
   /// Read-modify-write in one transaction: get with DB_RMW (a write lock on the key's page),
@@ -269,19 +262,12 @@ class backend {
 
   /// Removes every record in one transaction (DB->truncate).
   void clear() {
-    detail::bdb::commit_ticket ticket;
-    run(
-        "DB->truncate",
-        [&](detail::bdb::database& d) {
-          std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
-          detail::bdb::transaction txn(d.env().handle());
-          if (txn.begin_error()) return txn.begin_error();
-          u_int32_t removed = 0;
-          int rc = detail::bdb::guarded(
-              d, [&] { return d.handle()->truncate(d.handle(), txn.get(), &removed, 0); });
-          return rc != 0 ? rc : commit(d, txn, ticket);
-        },
-        &ticket);
+    write_transaction("DB->truncate", [&](detail::bdb::database& d, DB_TXN* txn) {
+      std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
+      u_int32_t removed = 0;
+      return detail::bdb::guarded(
+          d, [&] { return d.handle()->truncate(d.handle(), txn, &removed, 0); });
+    });
   }
 
   /// The home directory in use.
@@ -435,37 +421,13 @@ class backend {
         detail::bdb::environment& env;
         ~inside() { env.leave(); }
       };
-      if (ticket && ticket->in_doubt) {
-        if (env.epoch() == ticket->epoch) {
-          // Not yet replaced by a recovered environment (a break always replaces it).
-          env.leave();
-          env.abort_waits();
-          continue;
-        }
-        const auto outcome = detail::bdb::look_up_commit(env.home(), *ticket);
-        if (outcome == detail::bdb::commit_outcome::unknown) {
-          env.leave();
-          throw engine_error(std::string("smisk::ipc: ") + origin +
-                             ": the environment broke during this write's commit and no "
-                             "recovery recorded whether it landed (this thread stayed away over "
-                             "too many recoveries); the write may or may not be applied");
-        }
-        ticket->in_doubt = false;
-        if (outcome == detail::bdb::commit_outcome::landed) {
-          env.leave();
-          detail::bdb::stats().writes_found_landed.fetch_add(1, std::memory_order_relaxed);
-          return 0;
-        }
-        detail::bdb::stats().writes_redone.fetch_add(1, std::memory_order_relaxed);
-      }
       int rc;
       {
         inside guard{env};
+        // The environment was recovered since the break (a broken one is never entered again):
+        // the recovery's record says whether the interrupted commit landed.
+        if (ticket && ticket->in_doubt && landed(origin, env, *ticket)) return 0;
         rc = op(d);
-      }
-      if (ticket && ticket->committing) {
-        ticket->committing = false;
-        ticket->in_doubt = rc == DB_RUNRECOVERY;
       }
       if (rc == 0 || rc == DB_NOTFOUND || rc == DB_KEYEXIST) return rc;
       if (detail::bdb::is_retryable(rc)) {
@@ -525,31 +487,59 @@ class backend {
   int write(const char* origin, std::string_view key, std::string_view value, u_int32_t flags) {
     DBT k = detail::bdb::make_dbt(key);
     DBT v = detail::bdb::make_dbt(value);
+    return write_transaction(origin, [&](detail::bdb::database& d, DB_TXN* txn) {
+      return detail::bdb::guarded(d,
+                                  [&] { return d.handle()->put(d.handle(), txn, &k, &v, flags); });
+    });
+  }
+
+  /// Runs `change(d, txn)` in a transaction of its own and commits it, through run(): exactly
+  /// once across breaks. `change` puts its libdb call under detail::bdb::guarded itself (and
+  /// takes no lock inside it: a fault leaves the guard by siglongjmp).
+  template <class Change>
+  int write_transaction(const char* origin, Change&& change) {
     detail::bdb::commit_ticket ticket;
     return run(
         origin,
         [&](detail::bdb::database& d) {
           detail::bdb::transaction txn(d.env().handle());
           if (txn.begin_error()) return txn.begin_error();
-          int rc = detail::bdb::guarded(
-              d, [&] { return d.handle()->put(d.handle(), txn.get(), &k, &v, flags); });
+          const int rc = change(d, txn.get());
           return rc != 0 ? rc : commit(d, txn, ticket);
         },
         &ticket);
   }
 
-  /// Commits a write transaction, keeping in `ticket` what identifies its commit record, for
-  /// run() to look up should a break interrupt the commit. The transaction is explicit (not
-  /// DB_AUTO_COMMIT) only to know its id: the same work for Berkeley DB.
+  /// Commits a write transaction, keeping in `ticket` what identifies its commit record: if the
+  /// commit returns DB_RUNRECOVERY, run() looks it up after recovery. The transaction is
+  /// explicit (not DB_AUTO_COMMIT) only to know its id: the same work for Berkeley DB.
   static int commit(detail::bdb::database& d, detail::bdb::transaction& txn,
                     detail::bdb::commit_ticket& ticket) {
-    ticket.epoch = d.env().epoch();
     ticket.envid = d.env().envid();
     ticket.txnid = txn.get()->id(txn.get());
-    ticket.committing = true;
     const int rc = txn.commit();
+    ticket.in_doubt = rc == DB_RUNRECOVERY;
     if (rc == 0) d.env().note_write();
     return rc;
+  }
+
+  /// For a write whose commit a break interrupted, once the environment is a recovered one:
+  /// whether that commit landed (then the write is done). @throws engine_error if no recovery
+  /// recorded it (see detail/bdb_landed_commits.hpp).
+  static bool landed(const char* origin, const detail::bdb::environment& env,
+                     detail::bdb::commit_ticket& ticket) {
+    const auto outcome = detail::bdb::look_up_commit(env.home(), ticket);
+    if (outcome == detail::bdb::commit_outcome::unknown)
+      throw engine_error(std::string("smisk::ipc: ") + origin +
+                         ": the environment broke during this write's commit and no recovery "
+                         "recorded whether it landed (this thread stayed away over too many "
+                         "recoveries); the write may or may not be applied");
+    ticket.in_doubt = false;
+    auto& counter = outcome == detail::bdb::commit_outcome::landed
+                        ? detail::bdb::stats().writes_found_landed
+                        : detail::bdb::stats().writes_redone;
+    counter.fetch_add(1, std::memory_order_relaxed);
+    return outcome == detail::bdb::commit_outcome::landed;
   }
 
   options options_;

@@ -42,11 +42,7 @@ struct checkpoint_state {
   /// Whether a process panicked the environment (it is dead for every process): REGENV's panic
   /// flag. Read from the file, not the mapping, which another thread may be unmapping.
   [[nodiscard]] bool panicked() const noexcept {
-    std::uint32_t panic = 0;
-    return regenv &&
-           ::pread(regenv.get(), &panic, sizeof panic, regenv_panic_offset) ==
-               static_cast<ssize_t>(sizeof panic) &&
-           panic != 0;
+    return regenv_word(regenv.get(), regenv_panic_offset) != 0;
   }
 
   /// Closes the descriptors libdb opened for a broken environment and unmaps its regions (see

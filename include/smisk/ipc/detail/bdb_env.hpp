@@ -114,7 +114,7 @@ class environment {
       checkpoints_->regions.emplace_back(lo, hi);
     });
     checkpoints_->regenv = open_primary_region(home_, O_RDONLY);
-    envid_ = read_envid(checkpoints_->regenv.get());
+    envid_ = regenv_word(checkpoints_->regenv.get(), regenv_envid_offset);
     watchdog_ = start_library_thread([this] {
       block_signals_in_this_thread();
       watch();

@@ -105,24 +105,21 @@ constexpr off_t regenv_panic_offset = sizeof(std::uint32_t);
 /// recovery): its sixth word, after magic, panic and the three version numbers.
 constexpr off_t regenv_envid_offset = 5 * sizeof(std::uint32_t);
 
-/// The environment id in an open primary region, or 0.
-inline std::uint32_t read_envid(int primary) noexcept {
-  std::uint32_t envid = 0;
-  if (primary < 0 || ::pread(primary, &envid, sizeof envid, regenv_envid_offset) !=
-                         static_cast<ssize_t>(sizeof envid))
+/// A 32-bit word of REGENV read from the primary region file (not the mapping, which another
+/// thread may be unmapping), or 0 if it cannot be read.
+inline std::uint32_t regenv_word(int primary, off_t offset) noexcept {
+  std::uint32_t word = 0;
+  if (primary < 0 ||
+      ::pread(primary, &word, sizeof word, offset) != static_cast<ssize_t>(sizeof word))
     return 0;
-  return envid;
+  return word;
 }
 
 /// The primary region file of the environment in `home` (REGENV first), opened with `flags`, or
 /// an empty descriptor if there is none or it does not start with the region magic.
 inline unique_fd open_primary_region(const std::string& home, int flags) {
   unique_fd primary(::open((home + "/__db.001").c_str(), flags | O_CLOEXEC | O_NOFOLLOW));
-  std::uint32_t magic = 0;
-  if (!primary ||
-      ::pread(primary.get(), &magic, sizeof magic, 0) != static_cast<ssize_t>(sizeof magic) ||
-      magic != region_magic)
-    return unique_fd();
+  if (regenv_word(primary.get(), 0) != region_magic) return unique_fd();
   return primary;
 }
 
@@ -137,7 +134,7 @@ inline unique_fd open_primary_region(const std::string& home, int flags) {
 inline std::uint32_t retire_regions(const std::string& home) {
   std::uint32_t envid = 0;
   if (unique_fd primary = open_primary_region(home, O_RDWR)) {
-    envid = read_envid(primary.get());
+    envid = regenv_word(primary.get(), regenv_envid_offset);
     const std::uint32_t panic = 1;
     if (::pwrite(primary.get(), &panic, sizeof panic, regenv_panic_offset) != sizeof panic)
       throw_errno("cannot mark the old environment of " + home + " dead", "pwrite");

@@ -9,7 +9,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
-#include <iterator>
 #include <map>
 #include <string>
 #include <vector>
@@ -39,9 +38,7 @@ enum class commit_outcome {
 
 /// A write's commit, kept across a break: whose environment and which transaction.
 struct commit_ticket {
-  bool committing = false;  ///< inside DB_TXN->commit (an error there leaves the outcome open)
-  bool in_doubt = false;    ///< the commit returned DB_RUNRECOVERY: look it up before redoing
-  std::uint64_t epoch = 0;  ///< the library's epoch of the environment (a recovery increments it)
+  bool in_doubt = false;  ///< the commit returned DB_RUNRECOVERY: look it up before redoing
   std::uint32_t envid = 0;
   std::uint32_t txnid = 0;
 };
@@ -56,14 +53,13 @@ constexpr std::uint32_t regop_type = 10;
 constexpr std::uint32_t checkpoint_type = 11;
 constexpr std::uint32_t commit_opcode = 1;
 
-/// How many environments' records the file keeps (about one per recovery): a thread that stays
-/// away for longer (stopped, swapped out) gets commit_outcome::unknown.
+/// How many environments' records the file keeps (one per recovery): a thread that stays away
+/// for longer (stopped, swapped out) gets commit_outcome::unknown.
 constexpr std::size_t kept_sections = 32;
 constexpr std::uint32_t section_magic = 0x534d4c44;  // "SMLD"
 
 /// What a section knows of an environment's commits.
 enum class coverage : std::uint32_t {
-  partial = 0,   ///< some of its commits (met while reading back for another environment)
   complete = 1,  ///< the log was read back to where recovery started (its last checkpoint): a
                  ///< commit of it that is not listed did not land
   pending = 2,   ///< a recovery of it began; should it be interrupted, the next one covers it
@@ -72,7 +68,7 @@ enum class coverage : std::uint32_t {
 /// The commits of one environment found in a recovered log.
 struct section {
   std::uint32_t envid = 0;
-  coverage cover = coverage::partial;
+  coverage cover = coverage::complete;
   std::vector<std::uint32_t> txnids;  // sorted
 };
 
@@ -83,15 +79,18 @@ inline std::uint32_t word(const DBT& rec, std::size_t offset) noexcept {
   return w;
 }
 
-/// Reads the log of a just-recovered environment backwards and returns the commits it holds of
-/// every environment, down to where the recovery of each of `targets` started (its last
-/// checkpoint's ckp_lsn) or to the start of the log; the targets' sections are complete.
+/// Reads the log of a just-recovered environment backwards, down to where the recovery of each
+/// of `targets` started (its last checkpoint's ckp_lsn) or to the start of the log, and returns
+/// a complete section per target.
 inline int read_commits(DB_ENV* env, const std::vector<std::uint32_t>& targets,
                         std::vector<section>& out) {
   if (targets.empty()) return 0;
   DB_LOGC* cursor = nullptr;
   int rc = robust::call_guarded(env, [&] { return env->log_cursor(env, &cursor, 0); });
   if (rc != 0) return rc;
+  auto is_target = [&](std::uint32_t envid) {
+    return std::find(targets.begin(), targets.end(), envid) != targets.end();
+  };
   std::map<std::uint32_t, std::vector<std::uint32_t>> commits;
   std::map<std::uint32_t, DB_LSN> stops;  // per target, once its last checkpoint is met
   DB_LSN lsn, lowest = {0, 0};
@@ -108,13 +107,12 @@ inline int read_commits(DB_ENV* env, const std::vector<std::uint32_t>& targets,
     }
     const std::uint32_t type = word(rec, 0);
     if (type == regop_type && rec.size >= 28 && word(rec, 16) == commit_opcode) {
-      commits[word(rec, 24)].push_back(word(rec, 4));
+      if (is_target(word(rec, 24))) commits[word(rec, 24)].push_back(word(rec, 4));
     } else if (type == checkpoint_type && rec.size >= 40) {
       // Recovery redid everything from its ckp_lsn on: an interrupted commit of that
       // environment, active at this checkpoint or begun after it, logged its record later.
       const std::uint32_t envid = word(rec, 36);
-      if (std::find(targets.begin(), targets.end(), envid) != targets.end() &&
-          stops.count(envid) == 0) {
+      if (is_target(envid) && stops.count(envid) == 0) {
         DB_LSN ckp;
         ckp.file = word(rec, 16);
         ckp.offset = word(rec, 20);
@@ -126,11 +124,10 @@ inline int read_commits(DB_ENV* env, const std::vector<std::uint32_t>& targets,
   const bool whole = reached || rc == DB_NOTFOUND;
   robust::call_guarded(env, [&] { return cursor->close(cursor, 0); });
   if (!whole) return rc;
-  for (std::uint32_t envid : targets) commits[envid];
-  for (auto& [envid, ids] : commits) {
+  for (std::uint32_t envid : targets) {
+    std::vector<std::uint32_t>& ids = commits[envid];
     std::sort(ids.begin(), ids.end());
-    const bool target = std::find(targets.begin(), targets.end(), envid) != targets.end();
-    out.push_back({envid, target ? coverage::complete : coverage::partial, std::move(ids)});
+    out.push_back({envid, coverage::complete, std::move(ids)});
   }
   return 0;
 }
@@ -152,7 +149,10 @@ inline std::vector<section> read_file(const std::string& home) {
   };
   for (std::uint32_t magic, envid, cover, count;
        take(magic) && magic == section_magic && take(envid) && take(cover) && take(count);) {
-    if (cover > 2 || count > (bytes.size() - at) / 4) break;  // not ours: ignore the rest
+    if ((cover != static_cast<std::uint32_t>(coverage::complete) &&
+         cover != static_cast<std::uint32_t>(coverage::pending)) ||
+        count > (bytes.size() - at) / 4)
+      break;  // not ours: ignore the rest
     section s{envid, static_cast<coverage>(cover), std::vector<std::uint32_t>(count)};
     if (count != 0) std::memcpy(s.txnids.data(), bytes.data() + at, std::size_t{count} * 4);
     at += std::size_t{count} * 4;
@@ -185,23 +185,12 @@ inline bool write_file(const std::string& home, const std::vector<section>& sect
   return written && ::rename(tmp.c_str(), path.c_str()) == 0;
 }
 
-/// Adds what a recovery found to the sections, one per environment, newest last: a complete
-/// section replaces what was known of its environment, partial ones add up.
-inline void merge(std::vector<section>& sections, section found) {
-  auto same = std::find_if(sections.begin(), sections.end(),
-                           [&](const section& s) { return s.envid == found.envid; });
-  if (same != sections.end()) {
-    section known = std::move(*same);
-    sections.erase(same);
-    if (known.cover == coverage::complete && found.cover != coverage::complete) {
-      found = std::move(known);
-    } else if (found.cover == coverage::partial) {
-      std::vector<std::uint32_t> both;
-      std::set_union(known.txnids.begin(), known.txnids.end(), found.txnids.begin(),
-                     found.txnids.end(), std::back_inserter(both));
-      found.txnids = std::move(both);
-    }
-  }
+/// Adds a recovery's section, newest last, in place of any older one of its environment, and
+/// keeps the newest kept_sections.
+inline void add(std::vector<section>& sections, section found) {
+  sections.erase(std::remove_if(sections.begin(), sections.end(),
+                                [&](const section& s) { return s.envid == found.envid; }),
+                 sections.end());
   sections.push_back(std::move(found));
   if (sections.size() > kept_sections)
     sections.erase(sections.begin(),
@@ -241,7 +230,7 @@ inline bool record_landed_commits(DB_ENV* env, const std::string& home,
       std::remove_if(sections.begin(), sections.end(),
                      [](const landed::section& s) { return s.cover == landed::coverage::pending; }),
       sections.end());
-  for (auto& s : found) landed::merge(sections, std::move(s));
+  for (auto& s : found) landed::add(sections, std::move(s));
   return landed::write_file(home, sections, mode) && read;
 }
 
