@@ -72,10 +72,13 @@ fi
 if step "configure build-tsan" cmake -S . -B build-tsan -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DSMISK_IPC_BUILD_TESTS=ON -DSMISK_IPC_BUILD_EXAMPLES=OFF -DSMISK_IPC_INSTALL=OFF \
   -DSMISK_IPC_TSAN=ON &&
-  step "build build-tsan" cmake --build build-tsan -j"$jobs" --target threads_test; then
+  step "build build-tsan" cmake --build build-tsan -j"$jobs" --target threads_test \
+    heap_arena_test; then
   step "threads under TSan" timeout 600 env TSAN_OPTIONS="halt_on_error=1" \
     build-tsan/tests/threads_test \
     --gtest_filter='threads.one_copied_handle_shared_by_many_threads:threads.threads_open_use_and_close_dicts_of_one_home_at_once:threads.a_busy_key_is_retried_16_times_then_waited_for'
+  step "heap arenas under TSan" timeout 600 env TSAN_OPTIONS="halt_on_error=1" \
+    build-tsan/tests/heap_arena_test
 fi
 
 # build-release/: Release (-O3), everything compiled (tests, examples), warning-free; not run

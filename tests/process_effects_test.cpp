@@ -70,8 +70,12 @@ TEST(raw_environment, an_application_environment_beside_a_dict_keeps_its_own_mut
   // idle). Each of its process-shared mutexes that the library's patch turned robust counts in
   // robust_inits.
   const std::uint64_t inits_before = robust::event_counts.robust_inits.load();
+  const long arena_chunks_before = robust::heap_chunks_taken.load();
   DB_ENV* env = nullptr;
   ASSERT_EQ(::db_env_create(&env, 0), 0);
+  // Its memory is malloc's, not one of the library's arenas (libdb's allocation functions are
+  // the library's once a dict is open: they route only the library's own calls).
+  EXPECT_FALSE(robust::heap_owns(env));
   const int open_rc = env->open(
       env, app_home.path().c_str(),
       DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN | DB_THREAD, 0600);
@@ -87,6 +91,7 @@ TEST(raw_environment, an_application_environment_beside_a_dict_keeps_its_own_mut
   DB_TXN* txn = nullptr;
   EXPECT_DB_OK(env->txn_begin(env, nullptr, &txn, 0));
   ASSERT_NE(txn, nullptr);
+  EXPECT_FALSE(robust::heap_owns(txn));
   for (int i = 0; i < 5; ++i) {
     const std::string key = "k" + std::to_string(i);
     const std::string value = "v" + std::to_string(i);
@@ -110,6 +115,9 @@ TEST(raw_environment, an_application_environment_beside_a_dict_keeps_its_own_mut
   EXPECT_DB_OK(txn->commit(txn, 0));
   const std::uint64_t inits_after = robust::event_counts.robust_inits.load();
 
+  EXPECT_FALSE(robust::heap_owns(db));
+  EXPECT_EQ(robust::heap_chunks_taken.load(), arena_chunks_before)
+      << "the application's environment took memory from the library's arenas";
   EXPECT_EQ(inits_after, inits_before)
       << "the library's robust-mutex patch changed " << (inits_after - inits_before)
       << " mutexes of an environment that is not the library's";

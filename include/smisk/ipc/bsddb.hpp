@@ -76,6 +76,10 @@ struct process_status {
   /// The fault guard's SIGSEGV/SIGBUS handler is installed and is still the process's handler.
   /// Faults outside the library's own libdb calls go on to the handler installed before it.
   bool fault_guard = false;
+  /// libdb's allocation functions (db_env_set_func_malloc/realloc/free) are the library's: what
+  /// libdb allocates for the library's environments comes from one arena per environment, freed
+  /// whole when a broken one is left; everything else goes to malloc/realloc/free as before.
+  bool heap_arenas = false;
   /// What was done, or why not.
   std::string detail;
   [[nodiscard]] bool crash_safe() const noexcept { return robust_mutexes && fault_guard; }
@@ -97,6 +101,12 @@ inline process_status runtime_status() {
         "reaches that handler instead of becoming a recovery";
   else
     st.detail += "not installed";
+  st.heap_arenas = detail::robust::install_heap();
+  st.detail += st.heap_arenas
+                   ? "; libdb's heap: one arena per environment of the library (allocations "
+                     "outside the library's libdb calls go to malloc)"
+                   : "; libdb's heap: malloc (no address space could be reserved for arenas: a "
+                     "broken environment's handles, 15-25 kB, stay allocated)";
   return st;
 }
 

@@ -38,6 +38,8 @@ struct checkpoint_state {
   /// The environment's primary region file (__db.001, REGENV first), opened with it: still this
   /// environment's after another process retired it and made a new one under the same name.
   unique_fd regenv;
+  /// libdb's heap memory of the environment (see robust_heap.hpp).
+  robust::heap_arena heap;
 
   /// Whether a process panicked the environment (it is dead for every process): REGENV's panic
   /// flag. Read from the file, not the mapping, which another thread may be unmapping.
@@ -45,13 +47,15 @@ struct checkpoint_state {
     return regenv_word(regenv.get(), regenv_panic_offset) != 0;
   }
 
-  /// Closes the descriptors libdb opened for a broken environment and unmaps its regions (see
-  /// environment::release_broken); no thread of this process may be inside it.
+  /// Closes the descriptors libdb opened for a broken environment, unmaps its regions and frees
+  /// libdb's heap memory of it (see environment::release_broken); no thread of this process may
+  /// be inside it, and its handles are never touched again.
   void release(DB_ENV* env) noexcept {
     robust::close_descriptors_of(env);
     for (const auto& range : regions)
       (void)robust::unmap_region(reinterpret_cast<void*>(range.first), range.second - range.first);
     regions.clear();
+    heap.release();
   }
 
   /// Marks the environment broken, declares its regions broken in this process (waits there
@@ -63,6 +67,12 @@ struct checkpoint_state {
     robust::forget_broken_holds();
   }
 };
+
+/// For robust_heap.hpp: the arena of one of the library's environments.
+inline robust::heap_arena* arena_of_environment(DB_ENV* env) noexcept {
+  auto* state = static_cast<checkpoint_state*>(env->app_private);
+  return state ? &state->heap : nullptr;
+}
 
 inline void note_dead_thread(DB_ENV* env) noexcept {
   if (auto* state = env ? static_cast<checkpoint_state*>(env->app_private) : nullptr)

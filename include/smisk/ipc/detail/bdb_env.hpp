@@ -67,9 +67,14 @@ class environment {
           "installed; set bsddb::options::require_crash_safety = false to open the dict without "
           "that protection");
     robust::broken_check.store(&environment_known_broken, std::memory_order_release);
+    // libdb's heap memory of this environment comes from its own arena, freed whole when a
+    // broken environment is released (robust_heap.hpp); from the DB_ENV itself on.
+    if (robust::install_heap())
+      robust::arena_of.store(&arena_of_environment, std::memory_order_release);
+    robust::arena_scope making(&checkpoints_->heap);
     int rc = ::db_env_create(&env_, 0);
     if (rc != 0) raise("db_env_create", rc);
-    env_->app_private = checkpoints_.get();  // for is_alive
+    env_->app_private = checkpoints_.get();  // for is_alive and the arena
     try {
       // Recovery's own checkpoint must not remove the log files whose commits are recorded
       // below; log removal is switched on after that.
@@ -105,6 +110,7 @@ class environment {
     } catch (...) {
       DB_ENV* e = env_;
       robust::call_guarded(e, [e] { return e->close(e, 0); });
+      checkpoints_->heap.release();
       env_ = nullptr;
       throw;
     }
@@ -168,6 +174,7 @@ class environment {
         } else {
           DB_ENV* e = env_;
           robust::call_guarded(e, [e] { return e->close(e, 0); });
+          checkpoints_->heap.release();  // what libdb did not free itself
         }
       }
     }
@@ -249,6 +256,9 @@ class environment {
 
  private:
   void configure(const bsddb::options& o, bool remove_logs) {
+    // Memory that libdb hands to the library (DB_DBT_MALLOC and DB_DBT_REALLOC records) is
+    // malloc's, freed with free(), never the environment's arena.
+    check(env_->set_alloc(env_, &::malloc, &::realloc, &::free), "DB_ENV->set_alloc");
     env_->set_errcall(env_, &on_bdb_error);
     env_->set_msgcall(env_, &on_bdb_message);
     std::size_t cache =
@@ -322,15 +332,13 @@ class environment {
     }
   }
 
-  /// Ends the checkpoint thread (after a last checkpoint of a persistent home). @returns false
-  /// if it is stuck inside a checkpoint: for 100 ms in a broken environment, else for 3 s.
   /// Leaves a broken environment without DB_ENV->close. Closing frees the process's shared
   /// structures through the regions' allocator, and a process killed inside that allocator
   /// leaves free lists that the free walks for ever. Instead, the descriptors libdb opened for it
   /// are closed (recorded through the GOT patch, see robust::close_descriptors_of) and its
   /// regions are unmapped directly (no thread of this process is inside any more; they are other
-  /// processes' garbage, and recovery has already removed their files). What stays behind is
-  /// libdb's heap memory of the handles (DB_ENV, DB: a few kilobytes per recovery).
+  /// processes' garbage, and recovery has already removed their files), and libdb's heap memory
+  /// of its handles (DB_ENV, DB, cursors: 15-25 kB) is freed with its arena (robust_heap.hpp).
   void release_broken() noexcept {
     if (inflight_.load(std::memory_order_seq_cst) != 0) return;  // leave it mapped
     checkpoints_->release(env_);
@@ -356,6 +364,8 @@ class environment {
     return !threads_abandoned_;
   }
 
+  /// Ends the checkpoint thread (after a last checkpoint of a persistent home). @returns false
+  /// if it is stuck inside a checkpoint: for 100 ms in a broken environment, else for 3 s.
   bool stop_checkpoints() noexcept {
     std::unique_lock<std::mutex> lock(checkpoints_->mutex);
     checkpoints_->stopping = true;

@@ -87,6 +87,7 @@
 #include "robust_broken.hpp"
 #include "robust_got.hpp"
 #include "robust_guard.hpp"
+#include "robust_heap.hpp"
 #include "robust_state.hpp"
 
 namespace smisk::ipc::detail::robust {
