@@ -4,6 +4,7 @@
 
 #include <db.h>
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -136,10 +137,18 @@ inline std::vector<section> read_file(const std::string& home) {
   std::vector<section> sections;
   unique_fd fd(::open((home + "/" + landed_file_name).c_str(), O_RDONLY | O_CLOEXEC | O_NOFOLLOW));
   if (!fd) return sections;
-  std::string bytes;
-  char buf[65536];
-  for (ssize_t n; (n = ::read(fd.get(), buf, sizeof buf)) > 0;)
-    bytes.append(buf, static_cast<std::size_t>(n));
+  // One buffer of the file's size (it is replaced whole, never grows under a reader): no
+  // doubling of a string through half a megabyte at every recovery, which left malloc holding
+  // ever more memory that it could not give back.
+  struct stat st;
+  if (::fstat(fd.get(), &st) != 0 || st.st_size <= 0) return sections;
+  std::string bytes(static_cast<std::size_t>(st.st_size), '\0');
+  std::size_t got = 0;
+  for (ssize_t n;
+       got < bytes.size() && (n = ::pread(fd.get(), bytes.data() + got, bytes.size() - got,
+                                          static_cast<off_t>(got))) > 0;)
+    got += static_cast<std::size_t>(n);
+  bytes.resize(got);
   std::size_t at = 0;
   auto take = [&](std::uint32_t& w) {
     if (at + 4 > bytes.size()) return false;
@@ -164,6 +173,9 @@ inline std::vector<section> read_file(const std::string& home) {
 inline bool write_file(const std::string& home, const std::vector<section>& sections,
                        unsigned mode) {
   std::string bytes;
+  std::size_t size = 0;
+  for (const auto& s : sections) size += 16 + s.txnids.size() * 4;
+  bytes.reserve(size);
   auto put = [&](std::uint32_t w) { bytes.append(reinterpret_cast<const char*>(&w), 4); };
   for (const auto& s : sections) {
     put(section_magic);

@@ -217,10 +217,11 @@ class heap_arena {
   }
 
  private:
+  /// The smallest c with 16 << c >= n, or heap_classes.
   static unsigned class_of(std::size_t n) noexcept {
-    unsigned c = 0;
-    while (c < heap_classes && (std::size_t{16} << c) < n) ++c;
-    return c;
+    if (n <= 16) return 0;
+    if (n > (std::size_t{16} << (heap_classes - 1))) return heap_classes;
+    return static_cast<unsigned>(64 - __builtin_clzll(static_cast<unsigned long long>(n - 1))) - 4;
   }
 
   void* allocate_run(std::size_t n) noexcept {
