@@ -84,6 +84,24 @@ TEST(type_mismatch, persistent_dict_reopened_with_other_types) {
   EXPECT_EQ(d.size(), 1u);
 }
 
+TEST(type_mismatch, two_dicts_of_one_name_are_told_to_take_their_own_options_name) {
+  // Two dicts of different types with the same options (the defaults, in a real program) are the
+  // same dict, by smisk's semantics; the error must say how to get two.
+  temp_dir dir;
+  const auto o = options_for(dir.file("home"));
+  int_dict counters{o};
+  counters.set("hits", 1);
+  try {
+    str_dict sessions{o};
+    FAIL() << "a second dict of other types under the same name opened";
+  } catch (const ipc::type_mismatch& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("options.name"), std::string::npos) << what;
+    EXPECT_NE(what.find("\"dict\""), std::string::npos) << "the name in use is not shown: " << what;
+  }
+  EXPECT_EQ(counters.get("hits"), 1);
+}
+
 enum class color : std::int32_t { red, green };
 enum class fruit : std::int32_t { apple, pear };
 

@@ -338,6 +338,8 @@ TEST(memcached_types, other_types_are_a_type_mismatch_from_the_constructor) {
     const std::string what = e.what();
     EXPECT_NE(what.find("str -> i64"), std::string::npos) << what;
     EXPECT_NE(what.find("str -> str"), std::string::npos) << what;
+    // Says how to have both: a name of its own.
+    EXPECT_NE(what.find("options.name"), std::string::npos) << what;
   }
   EXPECT_THROW((ipc::memcached::shared_dict<std::int64_t, std::int64_t>(o)), ipc::type_mismatch);
   EXPECT_EQ(d.at("k"), 5);

@@ -22,6 +22,7 @@
 #include "bdb_transaction.hpp"
 #include "posix.hpp"
 #include "robust_mutex.hpp"
+#include "type_mismatch_hint.hpp"
 
 namespace smisk::ipc::detail::bdb {
 
@@ -148,7 +149,8 @@ class database {
         const std::string legacy = without_enum_names(wanted);
         if (legacy == wanted || stored != legacy)
           throw type_mismatch("smisk::ipc: the dict " + env_->lease().home() + "/" + name +
-                              " was created as\n" + stored + "and is now opened as\n" + wanted);
+                              " was created as\n" + stored + "and is now opened as\n" + wanted +
+                              same_name_hint(name));
         // Written before enum tags named the enum: upgraded to the current description.
       } else if (is_retryable(rc)) {
         continue;

@@ -23,6 +23,7 @@
 #include "bdb_stats.hpp"
 #include "home_lease.hpp"
 #include "posix.hpp"
+#include "type_mismatch_hint.hpp"
 
 namespace smisk::ipc::detail::bdb {
 
@@ -125,7 +126,7 @@ class registry {
       if (wanted != formats_[db_key])
         throw type_mismatch("smisk::ipc: the dict " + loc.home + "/" + loc.name +
                             " is open in this process as\n" + formats_[db_key] +
-                            "and is now opened as\n" + wanted);
+                            "and is now opened as\n" + wanted + same_name_hint(loc.name));
       return found;
     }
     std::shared_ptr<environment> env = environments_[loc.home].lock();

@@ -25,6 +25,7 @@
 #include "../memcached_options.hpp"
 #include "memcached_client.hpp"
 #include "posix.hpp"
+#include "type_mismatch_hint.hpp"
 
 namespace smisk::ipc::detail::mc {
 
@@ -398,7 +399,8 @@ class store_core {
       return tag;
     };
     throw type_mismatch("smisk::ipc: memcached namespace \"" + name_ + "\" holds a dict of " +
-                        show(stored) + ", opened as " + show(type_tag_));
+                        show(stored) + ", opened as " + show(type_tag_) +
+                        same_name_hint(name_, "servers"));
   }
 
   /// A random generation in [1, 2^62): never one that was used before, with overwhelming
