@@ -88,7 +88,10 @@ class database {
     // the environment is already broken (its waits fail then).
     // A broken environment's handle is left behind, not closed: see environment::release_broken.
     if (env_->broken()) return;
-    const bool entered = env_->enter();
+    // Broken since the check: a recovering thread may release the environment (its handles'
+    // memory included, see robust_heap.hpp) as soon as no thread is inside, so one that could
+    // not enter must not touch the handle either.
+    if (!env_->enter()) return;
     // The log buffer goes to the OS first: with durability none, commits do not write it, and the
     // pages are not flushed here either.
     DB_ENV* e = env_->handle();
@@ -96,7 +99,7 @@ class database {
     // Without flushing the file (see check_types): the last checkpoint of a persistent home
     // writes the pages, and a temporary home is removed anyway.
     robust::call_guarded(env_->handle(), [this] { return db_->close(db_, DB_NOSYNC); });
-    if (entered) env_->leave();
+    env_->leave();
   }
   [[nodiscard]] bool closed() const noexcept { return closed_.load(std::memory_order_relaxed); }
 

@@ -33,8 +33,9 @@ namespace smisk::ipc::detail::robust {
 //
 // Arenas take chunks from one reservation of address space made once (PROT_NONE, so it costs
 // no memory): a chunk is made readable and writable when an arena takes it and inaccessible
-// again, its pages returned to the system, when handed back, so a stale pointer into a released
-// environment faults instead of reading another's data. Which chunks are taken is a bitmap
+// again, its pages returned to the system, when handed back (until another arena takes it, which
+// is soon: a released environment's handles must never be touched again). Which chunks are
+// taken is a bitmap
 // changed with atomic operations only: no lock is shared between arenas, so a fork() in any
 // thread leaves nothing locked that the child needs (it makes new environments, with new arenas;
 // an arena's own lock is taken only by threads using its environment, which the child never
@@ -200,15 +201,16 @@ class heap_arena {
   }
 
   /// Hands every chunk back; later allocations go to malloc. Only when nothing of the
-  /// environment is used any more (no thread inside it, its handles never touched again).
+  /// environment is used any more (no thread inside it, its handles never touched again): the
+  /// addresses are handed out again at once, to the next environment. Without the lock, which
+  /// nobody else may want then, and which a thread ended inside an allocation by the fault guard
+  /// (see lock()) would have left taken.
   void release() noexcept {
-    lock();
     released_ = true;
     heap_chunk* c = chunks_;
     chunks_ = nullptr;
     for (auto& s : slab_) s = nullptr;
     for (auto& f : free_) f = nullptr;
-    unlock();
     while (c) {
       heap_chunk* next = c->next;
       give_back_chunks(c, c->chunks);
@@ -235,6 +237,11 @@ class heap_arena {
     r->size_class = heap_run;
     r->chunks = static_cast<std::uint32_t>(chunks);
     lock();
+    if (released_) {  // released meanwhile (a misuse): keep nothing in a released arena
+      unlock();
+      give_back_chunks(r, chunks);
+      return nullptr;
+    }
     link(r);
     unlock();
     return reinterpret_cast<char*>(r) + heap_header_size;
@@ -252,8 +259,10 @@ class heap_arena {
     if (c->next) c->next->prev = c->prev;
   }
 
-  // A spin lock, held for a few instructions: a thread holding it is never inside libdb (so
-  // never ended by the fault guard's siglongjmp) and never waits for anything.
+  // A spin lock, held for a few instructions and never while waiting for anything. The thread
+  // holding it is inside a guarded libdb call: only a fault in the allocator itself (a free list
+  // that libdb corrupted by a double free) could end it there by the fault guard's siglongjmp,
+  // leaving the arena locked; release() does not take it.
   void lock() noexcept {
     while (locked_.exchange(true, std::memory_order_acquire))
       while (locked_.load(std::memory_order_relaxed)) std::this_thread::yield();
