@@ -372,6 +372,61 @@ TEST(refused_home, directory_owned_by_another_user) {
   EXPECT_EQ(read_file(home + "/their.txt"), "theirs");
 }
 
+// A home whose parent directories do not exist: they are made (0700, only the missing ones),
+// each refused for the same reasons as the home itself.
+
+TEST(nested_home, missing_parent_directories_are_created_0700) {
+  temp_dir dir;
+  ASSERT_EQ(::mkdir(dir.file("x").c_str(), 0755), 0);  // exists: kept as it is
+  const std::string home = dir.file("x/data/ipc");
+  for (bool persistent : {false, true}) {
+    SCOPED_TRACE(persistent ? "persistent" : "temporary");
+    const auto o = options_for(home + (persistent ? "-p" : "-t"), persistent);
+    int_dict d{o};
+    d.set("k", 7);
+    EXPECT_EQ(d.get("k"), 7);
+    // Another process opens the same home (and finds the value there).
+    EXPECT_TRUE(all_ok(run_child([&] { EXPECT_EQ(int_dict{o}.get("k"), 7); })));
+  }
+  EXPECT_EQ(snapshot(dir.file("x/data")).mode & 07777, 0700u);
+  EXPECT_EQ(snapshot(dir.file("x")).mode & 07777, 0755u) << "an existing parent was changed";
+  // A relative path too, from another working directory.
+  char cwd_buf[4096];
+  ASSERT_NE(::getcwd(cwd_buf, sizeof cwd_buf), nullptr);
+  const std::string cwd = cwd_buf;
+  ASSERT_EQ(::chdir(dir.path().c_str()), 0);
+  {
+    int_dict d{options_for("rel/a/b")};
+    d.set("r", 1);
+  }
+  ASSERT_EQ(::chdir(cwd.c_str()), 0);
+  EXPECT_TRUE(is_directory(dir.file("rel/a")));
+}
+
+TEST(nested_home, a_symlink_on_the_way_is_refused) {
+  temp_dir dir;
+  // A symlink where a directory would be made: nothing is made through it.
+  ASSERT_EQ(::symlink(dir.file("elsewhere").c_str(), dir.file("x").c_str()), 0);
+  expect_home_refused(options_for(dir.file("x/data/ipc")));
+  EXPECT_TRUE(is_symlink(dir.file("x")));
+  EXPECT_FALSE(path_exists(dir.file("elsewhere"))) << "a directory was made through the symlink";
+  try {
+    int_dict d{options_for(dir.file("x/data/ipc"))};
+  } catch (const ipc::home_error& e) {
+    EXPECT_NE(std::string(e.what()).find("symbolic link"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find(dir.file("x")), std::string::npos) << e.what();
+  }
+}
+
+TEST(nested_home, a_file_on_the_way_is_refused_and_kept) {
+  temp_dir dir;
+  write_file(dir.file("x"), "precious\n");
+  const auto before = snapshot(dir.file("x"));
+  expect_home_refused(options_for(dir.file("x/data/ipc")));
+  EXPECT_EQ(read_file(dir.file("x")), "precious\n");
+  expect_same(before, snapshot(dir.file("x")), dir.file("x"));
+}
+
 // Runs body as user `nobody` in a child (when root), or in a child as the current user.
 child_status run_unprivileged(const std::function<void()>& body) {
   return run_child([&] {

@@ -1,6 +1,7 @@
 // Many processes share one dict: no lost update, everyone sees everyone's keys, and a dict opened
 // before fork() keeps working on both sides of it, whatever way the child ends.
 #include <signal.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -200,6 +201,54 @@ TEST(multiprocess, parent_and_child_use_an_inherited_handle_at_the_same_time) {
   for (int i = 0; i < kEach; ++i) d.increment("n");
   ASSERT_TRUE(all_ok(wait_child(child)));
   EXPECT_EQ(d.get("n"), 2 * kEach);
+}
+
+TEST(multiprocess, a_daemon_started_by_double_fork_keeps_the_temporary_dict_of_its_parent) {
+  // The classic daemon start: the application opens and fills a temporary dict, forks, the
+  // child calls setsid() and forks again, and everyone but the grandchild exits normally. The
+  // grandchild, a member of the home from the moment of its fork, must find the dict whole (the
+  // reported failure: the parent, the last member it knew of, removed the home at exit), and,
+  // the last member out, removes it when it exits.
+  temp_dir dir;
+  const auto o = temp_options(dir);
+  const std::string home = o.homedir;
+  signal_pipe go;
+  signal_pipe result;
+  const pid_t app = fork_child([&] {
+    int_dict d{o};
+    for (int i = 0; i < 100; ++i) d.set("k" + std::to_string(i), i);
+    std::fflush(nullptr);
+    const pid_t first = ::fork();
+    if (first == 0) {
+      ::setsid();
+      if (::fork() != 0) ::_exit(0);  // the first child ends at once
+      // The daemon: waits until the application has exited, then uses the inherited dict.
+      if (!go.receive(1, std::chrono::seconds(60))) ::_exit(1);
+      bool whole = true;
+      try {
+        for (int i = 0; i < 100; ++i) whole = whole && d.get("k" + std::to_string(i)) == i;
+        d.set("daemon", 1);
+        whole = whole && d.get("daemon") == 1 && d.size() == 101;
+      } catch (...) {
+        whole = false;
+      }
+      result.send(whole ? 'Y' : 'N');
+      std::exit(0);  // leaves the home: the last member out removes it
+    }
+    int st = 0;
+    EXPECT_EQ(::waitpid(first, &st, 0), first);
+    exit_child_normally();  // std::exit: atexit handlers leave the home
+  });
+  EXPECT_TRUE(all_ok({wait_child(app)})) << "the application process failed";
+  EXPECT_TRUE(is_directory(home)) << "the home was removed while the daemon is a member";
+  go.send();
+  const auto answer = result.receive(1, std::chrono::seconds(60));
+  ASSERT_TRUE(answer.has_value()) << "the daemon did not answer";
+  EXPECT_EQ(*answer, "Y") << "the daemon found the dict gone or changed";
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (is_directory(home) && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_FALSE(is_directory(home)) << "the last member out did not remove the temporary home";
 }
 
 TEST(multiprocess, parent_keeps_working_after_child_exits_cleanly) {

@@ -300,9 +300,9 @@ inline std::string basename_of(const std::string& path) {
 }
 
 /// The one spelling of a home directory path, so that "d/h", "d//h", "d/./h" and "h" (from d)
-/// name the same home of the process: absolute, its parent directory resolved by realpath(), its
-/// last component kept as written (a symlink there must still be seen, and refused). A parent
-/// that does not exist is left as written (opening the home fails then anyway).
+/// name the same home of the process: absolute, the longest part of its parent directories that
+/// exists resolved by realpath(), the rest (directories still to be made, and its last
+/// component) kept as written: a symlink there must still be seen, and refused.
 inline std::string canonical_home(std::string home) {
   if (home.empty()) return home;
   if (home[0] != '/') {
@@ -319,45 +319,83 @@ inline std::string canonical_home(std::string home) {
     }
     return home;
   }
-  if (char* parent = ::realpath(dirname_of(home).c_str(), nullptr)) {
-    std::string resolved(parent);
-    std::free(parent);
-    if (resolved.back() != '/') resolved += '/';
-    home = resolved + last;
+  // From the parent up, the first directory that realpath() resolves; what is below it stays.
+  std::string rest = "/" + last;
+  for (std::string parent = dirname_of(home);; parent = dirname_of(parent)) {
+    if (char* real = ::realpath(parent.c_str(), nullptr)) {
+      std::string resolved(real);
+      std::free(real);
+      if (resolved.back() == '/') resolved.pop_back();
+      return resolved + rest;
+    }
+    if (parent == "/" || parent == ".") return home;
+    rest = "/" + basename_of(parent) + rest;
   }
-  return home;
 }
 
-/// Makes sure `home` is a directory this user owns and may write, creating it (mode 0700) if it
-/// does not exist. A symlink, a non-directory or a directory owned by someone else is refused
-/// without touching it. @returns true if it created the directory.
+/// Checks that `dir` is a directory this user owns, not a symlink; `what` names it in errors.
+inline void check_own_directory(const std::string& dir, const std::string& what) {
+  struct stat st;
+  if (::lstat(dir.c_str(), &st) != 0) {
+    int err = errno;
+    throw home_error("smisk::ipc: cannot stat " + what + ": " + std::strerror(err), err, "lstat");
+  }
+  if (S_ISLNK(st.st_mode))
+    throw home_error("smisk::ipc: refusing " + what + ": it is a symbolic link", ELOOP, "lstat");
+  if (!S_ISDIR(st.st_mode))
+    throw home_error("smisk::ipc: refusing " + what + ": it is not a directory", ENOTDIR, "lstat");
+  if (st.st_uid != ::geteuid())
+    throw home_error("smisk::ipc: refusing " + what + ": it is owned by uid " +
+                         std::to_string(st.st_uid) + ", not by this user (uid " +
+                         std::to_string(::geteuid()) + ")",
+                     EPERM, "lstat");
+}
+
+/// Creates the parent directories of `home` that do not exist (mode 0700, from the top down),
+/// each checked as the home is: one that is, or meanwhile became, a symlink, a file or another
+/// user's is refused, and nothing is made inside it.
+inline void make_parents(const std::string& home) {
+  std::vector<std::string> missing;
+  for (std::string p = dirname_of(home); p != "/" && p != "."; p = dirname_of(p)) {
+    struct stat st;
+    if (::lstat(p.c_str(), &st) == 0) {
+      if (S_ISDIR(st.st_mode)) break;  // the existing part, resolved by canonical_home
+      // A file, or a symlink that realpath() could not follow: refused (throws).
+      check_own_directory(p, "home directory " + home + ": " + p + " on the way");
+    }
+    missing.push_back(p);
+  }
+  for (auto it = missing.rbegin(); it != missing.rend(); ++it) {
+    if (::mkdir(it->c_str(), 0700) != 0 && errno != EEXIST) {
+      int err = errno;
+      throw home_error("smisk::ipc: cannot create " + *it + " (on the way to the home directory " +
+                           home + "): " + std::strerror(err),
+                       err, "mkdir");
+    }
+    check_own_directory(*it, "home directory " + home + ": " + *it + " on the way");
+  }
+}
+
+/// Makes sure `home` is a directory this user owns and may write, creating it (mode 0700) and
+/// any missing parent directories (see make_parents) if it does not exist. A symlink, a
+/// non-directory or a directory owned by someone else is refused without touching it. @returns
+/// true if it created the directory.
 inline bool prepare_home(const std::string& home) {
   if (home.empty()) throw home_error("smisk::ipc: empty home directory path");
   bool created = false;
-  if (::mkdir(home.c_str(), 0700) == 0) {
+  int rc = ::mkdir(home.c_str(), 0700);
+  if (rc != 0 && errno == ENOENT) {
+    make_parents(home);
+    rc = ::mkdir(home.c_str(), 0700);
+  }
+  if (rc == 0) {
     created = true;
   } else if (errno != EEXIST) {
     int err = errno;
     throw home_error("smisk::ipc: cannot create home directory " + home + ": " + std::strerror(err),
                      err, "mkdir");
   }
-  struct stat st;
-  if (::lstat(home.c_str(), &st) != 0) {
-    int err = errno;
-    throw home_error("smisk::ipc: cannot stat home directory " + home + ": " + std::strerror(err),
-                     err, "lstat");
-  }
-  if (S_ISLNK(st.st_mode))
-    throw home_error("smisk::ipc: refusing home " + home + ": it is a symbolic link", ELOOP,
-                     "lstat");
-  if (!S_ISDIR(st.st_mode))
-    throw home_error("smisk::ipc: refusing home " + home + ": it is not a directory", ENOTDIR,
-                     "lstat");
-  if (st.st_uid != ::geteuid())
-    throw home_error("smisk::ipc: refusing home " + home + ": it is owned by uid " +
-                         std::to_string(st.st_uid) + ", not by this user (uid " +
-                         std::to_string(::geteuid()) + ")",
-                     EPERM, "lstat");
+  check_own_directory(home, "home " + home);
   if (::access(home.c_str(), W_OK | X_OK) != 0) {
     int err = errno;
     throw home_error(
