@@ -13,7 +13,7 @@
 //                      the counter), default options
 //   raw BDB same       the C API with exactly shared_dict's environment (flags, cache, lock
 //                      detector, lock table sizes, thread tracking, log settings, a checkpoint
-//                      every 4096 writes by a background thread, the "data"/"meta" sub-database
+//                      by log volume by a background thread, the "data"/"meta" sub-database
 //                      layout, hash), auto-commit writes, DB_TXN_WRITE_NOSYNC, increment = txn +
 //                      get(DB_RMW) + put
 //   raw BDB unsafe     DB_INIT_MPOOL | DB_INIT_LOCK | DB_THREAD, no transactions (Berkeley DB's
@@ -375,7 +375,7 @@ class raw_bdb {
       bdb_check(env_->set_thread_count(env_, 4000), "set_thread_count");
       bdb_check(env_->set_isalive(env_, &raw_is_alive), "set_isalive");
       bdb_check(env_->set_lg_bsize(env_, 1u << 20), "set_lg_bsize");
-      bdb_check(env_->set_lg_max(env_, 8u << 20), "set_lg_max");
+      bdb_check(env_->set_lg_max(env_, smisk::ipc::detail::bdb::log_file_bytes), "set_lg_max");
       bdb_check(env_->log_set_config(env_, DB_LOG_AUTO_REMOVE, 1), "log_set_config");
       bdb_check(env_->set_flags(env_, DB_TXN_WRITE_NOSYNC, 1), "set_flags");
       u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN |
@@ -425,9 +425,9 @@ class raw_bdb {
     env_ = nullptr;
   }
 
-  /// detail::bdb::environment's checkpoints: every 4096 writes of the process, a checkpoint
-  /// (txn_checkpoint(1024 KiB)) is asked of a thread that the first request starts; writers
-  /// never checkpoint themselves.
+  /// detail::bdb::environment's checkpoints: when detail::bdb::checkpoint_due says so (by log
+  /// volume), a checkpoint (txn_checkpoint(1024 KiB)) is asked of a thread that the first
+  /// request starts; writers never checkpoint themselves.
   struct checkpointer {
     std::mutex mutex;
     std::condition_variable cv;
@@ -465,7 +465,10 @@ class raw_bdb {
 
   void note_write() {
     if (!transactional()) return;
-    if ((writes_++ & 4095) == 4095) checkpoints_->ask(env_);
+    DB_ENV* e = env_;
+    if (smisk::ipc::detail::bdb::checkpoint_due(
+            writes_++, [e](DB_LOG_STAT** st) { return e->log_stat(e, st, 0); }))
+      checkpoints_->ask(env_);
   }
 
   std::int64_t increment_txn() {

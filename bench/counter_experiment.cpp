@@ -6,7 +6,7 @@
 // The baseline is what shared_dict does (detail/bdb_env.hpp + bsddb.hpp): DB_INIT_MPOOL |
 // DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN | DB_THREAD, 32 MiB cache,
 // set_lk_detect(DB_LOCK_DEFAULT), lock table sizes, thread tracking, DB_TXN_WRITE_NOSYNC, hash,
-// checkpoints by a background thread every 4096 writes, the robust-mutex patch, and one transaction
+// checkpoints by a background thread by log volume, the robust-mutex patch, and one transaction
 // per increment: get(DB_RMW), put, commit, retried with the library's backoff.
 //
 // The rows marked "puts" are not increments: two processes store random keys (plain auto-commit
@@ -48,6 +48,7 @@
 #include <thread>
 #include <vector>
 
+#include <smisk/ipc/detail/bdb_env.hpp>
 #include <smisk/ipc/detail/robust_mutex.hpp>
 
 // ---- "spin before sleeping" in libdb's mutex acquisition ----------------------------------------
@@ -272,9 +273,9 @@ inline void enter_patched_scope() {
   if (patched_scope()) smisk::ipc::detail::robust::current_env = any_env;
 }
 
-/// shared_dict's checkpoints: every 4096 writes of a process, a checkpoint (txn_checkpoint(1024
-/// KiB)) is asked of a background thread that the first request starts; writers never
-/// checkpoint themselves.
+/// shared_dict's checkpoints: when detail::bdb::checkpoint_due says so (by log volume), a
+/// checkpoint (txn_checkpoint(1024 KiB)) is asked of a background thread that the first request
+/// starts; writers never checkpoint themselves.
 struct checkpointer {
   std::mutex mutex;
   std::condition_variable cv;
@@ -319,6 +320,15 @@ struct handles {
   std::uint64_t writes = 0;
   std::uint64_t rng = 0;
   std::int64_t done = 0;
+
+  /// After a committed write: asks for a checkpoint when the library would
+  /// (detail::bdb::checkpoint_due).
+  void note_write() {
+    DB_ENV* e = env;
+    if (smisk::ipc::detail::bdb::checkpoint_due(
+            writes++, [e](DB_LOG_STAT** st) { return e->log_stat(e, st, 0); }))
+      checkpoints->ask(env);
+  }
 };
 
 constexpr int put_keys = 100000;
@@ -335,7 +345,7 @@ std::int64_t random_put(const variant& v, handles& h) {
   for (backoff retry(retry_kind::library);; retry(), ++h.retries) {
     int rc = h.db->put(h.db, nullptr, &k, &d, 0);
     if (rc == 0) {
-      if (v.txn && (h.writes++ & 4095) == 4095) h.checkpoints->ask(h.env);
+      if (v.txn) h.note_write();
       return ++h.done;
     }
     if (rc != DB_LOCK_DEADLOCK && rc != DB_LOCK_NOTGRANTED)
@@ -417,7 +427,7 @@ std::int64_t increment(const variant& v, handles& h) {
     if (rc == 0) {
       rc = t->commit(t, 0);  // releases the named lock too (it belongs to the transaction)
       if (rc == 0) {
-        if ((h.writes++ & 4095) == 4095) h.checkpoints->ask(h.env);
+        h.note_write();
         return value;
       }
     } else {
@@ -456,7 +466,7 @@ handles open_env(const variant& v, const std::string& home, bool create) {
       check(e->log_set_config(e, DB_LOG_IN_MEMORY, 1), "log_set_config");
     } else {
       check(e->set_lg_bsize(e, 1u << 20), "set_lg_bsize");
-      check(e->set_lg_max(e, 8u << 20), "set_lg_max");
+      check(e->set_lg_max(e, smisk::ipc::detail::bdb::log_file_bytes), "set_lg_max");
       check(e->log_set_config(e, DB_LOG_AUTO_REMOVE, 1), "log_set_config");
     }
     if (v.sync_flag) check(e->set_flags(e, v.sync_flag, 1), "set_flags");

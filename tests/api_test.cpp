@@ -256,8 +256,10 @@ TEST(bsddb, names_that_would_clash_with_engine_files_are_refused) {
 TEST(bsddb, stats_count_what_the_library_did) {
   bsddb_hash store;
   auto before = ipc::bsddb::stats();
-  auto d = store.open<std::string, int>("s");
-  for (int i = 0; i < 5000; ++i) d.set("k" + std::to_string(i), i);
+  auto d = store.open<std::string, std::string>("s");
+  // Checkpoints go by log volume (one per MiB of log): 5,000 writes of 400 bytes write more.
+  const std::string value(400, 'v');
+  for (int i = 0; i < 5000; ++i) d.set("k" + std::to_string(i), value);
   // The checkpoint runs in the background: give it time (a wall-clock bound, not a count).
   auto after = ipc::bsddb::stats();
   for (int waited = 0; after.checkpoints < before.checkpoints + 1 && waited < 1000; ++waited) {

@@ -403,6 +403,28 @@ TEST(nested_home, missing_parent_directories_are_created_0700) {
   EXPECT_TRUE(is_directory(dir.file("rel/a")));
 }
 
+TEST(nested_home, every_spelling_of_a_new_home_names_one_home) {
+  // Homes are keyed by their spelling in a process: a new home written with "//", "." or ".."
+  // in its missing part must get the same key as its plain spelling (else one process opens two
+  // environments on one home), and ".." must not make directories the user did not name.
+  temp_dir dir;
+  const auto base = ipc::detail::canonical_home(dir.path());
+  EXPECT_EQ(ipc::detail::canonical_home(dir.file("n1//h")), base + "/n1/h");
+  EXPECT_EQ(ipc::detail::canonical_home(dir.file("n1/./h/")), base + "/n1/h");
+  EXPECT_EQ(ipc::detail::canonical_home(dir.file("n2/../n3/h")), base + "/n3/h");
+  EXPECT_EQ(ipc::detail::canonical_home(dir.file("n4/..")), base);
+  const auto opened_before = ipc::bsddb::stats().environments_opened;
+  {
+    int_dict a{options_for(dir.file("n2/../n3/h"))};
+    a.set("k", 1);
+    int_dict b{options_for(dir.file("n3//h"))};
+    EXPECT_EQ(b.get("k"), 1);
+    EXPECT_EQ(ipc::bsddb::stats().environments_opened - opened_before, 1u)
+        << "two environments on one home";
+  }
+  EXPECT_FALSE(path_exists(dir.file("n2"))) << "a directory named only before \"..\" was made";
+}
+
 TEST(nested_home, a_symlink_on_the_way_is_refused) {
   temp_dir dir;
   // A symlink where a directory would be made: nothing is made through it.

@@ -40,6 +40,30 @@ inline void block_signals_in_this_thread() noexcept {
   (void)::pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
+/// Log written since the last checkpoint after which a checkpoint is asked for (the checkpoint
+/// thread's txn_checkpoint also waits for that much).
+inline constexpr std::uint64_t checkpoint_log_bytes = std::uint64_t{1} << 20;
+/// The size of a log file: they are removed one by one after the checkpoints, so that the log a
+/// home keeps stays a few megabytes.
+inline constexpr u_int32_t log_file_bytes = 2u << 20;
+
+/// Whether the process's write number `n` (from 0) should ask for a checkpoint: every 64 writes
+/// (the first included, so that a process that writes less still takes its turn), if the home
+/// has written checkpoint_log_bytes of log since its last checkpoint (any process's), or if
+/// `log_stat` (DB_ENV->log_stat) cannot say (a libdb without statistics: txn_checkpoint applies
+/// the threshold itself). By log volume, not by write count: 4,096 writes of 1 KB values wrote
+/// 18 MB of log, which a home on a 64 MB /dev/shm could not hold. Also used by bench/.
+template <class LogStat>
+bool checkpoint_due(std::uint64_t n, LogStat&& log_stat) {
+  if ((n & 63) != 0) return false;
+  DB_LOG_STAT* st = nullptr;
+  if (log_stat(&st) != 0 || !st) return true;
+  const std::uint64_t since =
+      std::uint64_t{st->st_wc_mbytes} * (std::uint64_t{1} << 20) + st->st_wc_bytes;
+  std::free(st);  // malloc's (the library's environments set_alloc malloc; the benches' default)
+  return since >= checkpoint_log_bytes;
+}
+
 /// One DB_ENV per home and process, shared by every dict of that home.
 class environment {
  public:
@@ -240,21 +264,15 @@ class environment {
     return true;
   }
 
-  /// Called after each committed write: every 64 writes, looks at how much log the home has
-  /// written since its last checkpoint (any process's), and past checkpoint_log_bytes asks the
-  /// checkpoint thread for a checkpoint, after which the log files it no longer needs are
-  /// removed. By log volume, not by write count: 4,096 writes of 1 KB values wrote 18 MB of log,
-  /// which a home on a 64 MB /dev/shm could not hold. Operations never checkpoint themselves: a
-  /// checkpoint can hang (see shutdown()).
+  /// Called after each committed write: asks the checkpoint thread for a checkpoint when
+  /// checkpoint_due() says so. Operations never checkpoint themselves: a checkpoint can hang
+  /// (see shutdown()).
   void note_write() {
-    if ((writes_.fetch_add(1, std::memory_order_relaxed) & 63) != 63) return;
-    DB_LOG_STAT* st = nullptr;
-    if (robust::call_guarded(env_, [&] { return env_->log_stat(env_, &st, 0); }) != 0 || !st)
+    const std::uint64_t n = writes_.fetch_add(1, std::memory_order_relaxed);
+    if (!checkpoint_due(n, [this](DB_LOG_STAT** st) {
+          return robust::call_guarded(env_, [&] { return env_->log_stat(env_, st, 0); });
+        }))
       return;
-    const std::uint64_t since =
-        std::uint64_t{st->st_wc_mbytes} * (std::uint64_t{1} << 20) + st->st_wc_bytes;
-    std::free(st);  // malloc's (set_alloc)
-    if (since < checkpoint_log_bytes) return;
     {
       std::lock_guard<std::mutex> lock(checkpoints_->mutex);
       checkpoints_->wanted = true;
@@ -284,8 +302,6 @@ class environment {
     check(env_->set_thread_count(env_, 4000), "DB_ENV->set_thread_count");
     check(env_->set_isalive(env_, &is_alive), "DB_ENV->set_isalive");
     check(env_->set_lg_bsize(env_, 1u << 20), "DB_ENV->set_lg_bsize");
-    // Log files of 2 MiB: removed one by one after the checkpoints (see note_write), so that the
-    // log a home keeps stays a few megabytes.
     check(env_->set_lg_max(env_, log_file_bytes), "DB_ENV->set_lg_max");
     check(env_->log_set_config(env_, DB_LOG_AUTO_REMOVE, remove_logs ? 1 : 0),
           "DB_ENV->log_set_config");
@@ -446,10 +462,6 @@ class environment {
   std::uint64_t epoch_;
   std::uint32_t envid_ = 0;
   std::atomic<std::uint64_t> writes_{0};
-  /// Log written since the last checkpoint after which a checkpoint is asked for (the checkpoint
-  /// thread's txn_checkpoint also waits for that much).
-  static constexpr std::uint64_t checkpoint_log_bytes = std::uint64_t{1} << 20;
-  static constexpr u_int32_t log_file_bytes = 2u << 20;
   std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();
   std::atomic<int> inflight_{0};
   std::atomic<std::uint64_t> completed_{0};

@@ -299,10 +299,11 @@ inline std::string basename_of(const std::string& path) {
   return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
-/// The one spelling of a home directory path, so that "d/h", "d//h", "d/./h" and "h" (from d)
-/// name the same home of the process: absolute, the longest part of its parent directories that
-/// exists resolved by realpath(), the rest (directories still to be made, and its last
-/// component) kept as written: a symlink there must still be seen, and refused.
+/// The one spelling of a home directory path, so that "d/h", "d//h", "d/./h", "x/../d/h" and
+/// "h" (from d) name the same home of the process (homes are keyed by it): absolute; the longest
+/// part of it that exists resolved by realpath(), except its last component, kept as written (a
+/// symlink there must still be seen, and refused); the rest (directories still to be made)
+/// without empty and "." components, and ".." taken lexically (nothing there is a symlink yet).
 inline std::string canonical_home(std::string home) {
   if (home.empty()) return home;
   if (home[0] != '/') {
@@ -311,26 +312,38 @@ inline std::string canonical_home(std::string home) {
     home = std::string(cwd) + "/" + home;
   }
   while (home.size() > 1 && home.back() == '/') home.pop_back();
-  std::string last = basename_of(home);
-  if (last == "." || last == ".." || home == "/") {  // the whole path names an existing directory
+  if (home == "/") return home;
+  const std::string last = basename_of(home);
+  if (last == "." || last == "..") {  // names an existing directory, or one of the missing part
     if (char* real = ::realpath(home.c_str(), nullptr)) {
       home = real;
       std::free(real);
+      return home;
     }
-    return home;
   }
-  // From the parent up, the first directory that realpath() resolves; what is below it stays.
-  std::string rest = "/" + last;
+  // From the parent up, the first directory that realpath() resolves; below it, the components
+  // as written (bottom first).
+  std::vector<std::string> below{last};
+  std::string resolved;
   for (std::string parent = dirname_of(home);; parent = dirname_of(parent)) {
     if (char* real = ::realpath(parent.c_str(), nullptr)) {
-      std::string resolved(real);
+      resolved = real;
       std::free(real);
-      if (resolved.back() == '/') resolved.pop_back();
-      return resolved + rest;
+      break;
     }
-    if (parent == "/" || parent == ".") return home;
-    rest = "/" + basename_of(parent) + rest;
+    if (parent == "/") return home;  // cannot happen: "/" resolves
+    below.push_back(basename_of(parent));
   }
+  for (auto it = below.rbegin(); it != below.rend(); ++it) {
+    if (it->empty() || *it == ".") continue;
+    if (*it == "..") {
+      resolved = dirname_of(resolved);
+      continue;
+    }
+    if (resolved.back() != '/') resolved += '/';
+    resolved += *it;
+  }
+  return resolved;
 }
 
 /// Checks that `dir` is a directory this user owns, not a symlink; `what` names it in errors.
