@@ -68,21 +68,26 @@ struct checkpoint_state {
   }
 };
 
+/// The state of one of the library's environments (its app_private), or null.
+inline checkpoint_state* state_of(DB_ENV* env) noexcept {
+  return env ? static_cast<checkpoint_state*>(env->app_private) : nullptr;
+}
+
 /// For robust_heap.hpp: the arena of one of the library's environments.
 inline robust::heap_arena* arena_of_environment(DB_ENV* env) noexcept {
-  auto* state = static_cast<checkpoint_state*>(env->app_private);
+  checkpoint_state* state = state_of(env);
   return state ? &state->heap : nullptr;
 }
 
 inline void note_dead_thread(DB_ENV* env) noexcept {
-  if (auto* state = env ? static_cast<checkpoint_state*>(env->app_private) : nullptr)
+  if (checkpoint_state* state = state_of(env))
     state->dead_seen.store(true, std::memory_order_relaxed);
 }
 
 /// For the robust waits and robust_guard.hpp's __os_yield hook: whether the environment is known
 /// dead, broken in this process or panicked by another.
 inline bool environment_known_broken(DB_ENV* env) noexcept {
-  auto* state = env ? static_cast<checkpoint_state*>(env->app_private) : nullptr;
+  const checkpoint_state* state = state_of(env);
   return state && (state->broken.load(std::memory_order_relaxed) || state->panicked());
 }
 

@@ -133,9 +133,7 @@ class environment {
         if (rc != 0) raise("DB_ENV->failchk", rc, lease_->home());
       }
     } catch (...) {
-      DB_ENV* e = env_;
-      robust::call_guarded(e, [e] { return e->close(e, 0); });
-      checkpoints_->heap.release();
+      close_handle();
       env_ = nullptr;
       throw;
     }
@@ -197,9 +195,7 @@ class environment {
         if (broken()) {
           release_broken();
         } else {
-          DB_ENV* e = env_;
-          robust::call_guarded(e, [e] { return e->close(e, 0); });
-          checkpoints_->heap.release();  // what libdb did not free itself
+          close_handle();
         }
       }
     }
@@ -359,6 +355,14 @@ class environment {
     } catch (...) {
       // No thread: no background checkpoints (logs are kept until one succeeds).
     }
+  }
+
+  /// DB_ENV->close of a healthy (or half-opened) environment, then its arena is handed back
+  /// with whatever libdb did not free itself.
+  void close_handle() noexcept {
+    DB_ENV* e = env_;
+    robust::call_guarded(e, [e] { return e->close(e, 0); });
+    checkpoints_->heap.release();
   }
 
   /// Leaves a broken environment without DB_ENV->close. Closing frees the process's shared

@@ -10,6 +10,7 @@
 #include <fstream>
 #include <sstream>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "../error.hpp"
@@ -22,6 +23,20 @@ constexpr const char* lock_file_name = "smisk-ipc.lock";
 constexpr const char* manifest_file_name = "smisk-ipc.manifest";
 /// Which commits the last recoveries found in the log (bdb_landed_commits.hpp).
 constexpr const char* landed_file_name = "smisk-ipc.landed";
+
+/// Replaces the file at `path` whole with `bytes` (written to path.tmp, then renamed: a reader
+/// sees the old file or the new one). @returns null, or the call that failed (errno says why).
+inline const char* replace_file(const std::string& path, std::string_view bytes, unsigned mode) {
+  const std::string tmp = path + ".tmp";
+  unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
+                      static_cast<mode_t>(mode)));
+  if (!fd) return "open";
+  if (::write(fd.get(), bytes.data(), bytes.size()) != static_cast<ssize_t>(bytes.size()))
+    return "write";
+  fd.reset();
+  if (::rename(tmp.c_str(), path.c_str()) != 0) return "rename";
+  return nullptr;
+}
 
 /// What the library records in a home: whether it created the directory, whether the home is
 /// persistent, and the database files it made there.
@@ -49,15 +64,8 @@ struct manifest {
     if (created_home) text += "created-home\n";
     text += persistent ? "persistent\n" : "temporary\n";
     for (const auto& d : databases) text += "database " + d + "\n";
-    std::string tmp = home + "/" + manifest_file_name + ".tmp";
-    unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-                        static_cast<mode_t>(mode)));
-    if (!fd) throw_errno("cannot write " + tmp, "open");
-    if (::write(fd.get(), text.data(), text.size()) != static_cast<ssize_t>(text.size()))
-      throw_errno("cannot write " + tmp, "write");
-    fd.reset();
-    if (::rename(tmp.c_str(), (home + "/" + manifest_file_name).c_str()) != 0)
-      throw_errno("cannot write the manifest in " + home, "rename");
+    if (const char* failed = replace_file(home + "/" + manifest_file_name, text, mode))
+      throw_errno("cannot write the manifest in " + home, failed);
   }
   [[nodiscard]] bool has_database(const std::string& name) const {
     for (const auto& d : databases)

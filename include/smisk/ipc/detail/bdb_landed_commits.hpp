@@ -185,16 +185,7 @@ inline bool write_file(const std::string& home, const std::vector<section>& sect
     if (!s.txnids.empty())
       bytes.append(reinterpret_cast<const char*>(s.txnids.data()), s.txnids.size() * 4);
   }
-  const std::string path = home + "/" + landed_file_name;
-  const std::string tmp = path + ".tmp";
-  unique_fd fd(::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW,
-                      static_cast<mode_t>(mode)));
-  if (!fd) return false;
-  const bool written =
-      ::write(fd.get(), bytes.data(), bytes.size()) == static_cast<ssize_t>(bytes.size());
-  fd.reset();
-  // Replaced whole by rename: a reader sees the old file or the new one.
-  return written && ::rename(tmp.c_str(), path.c_str()) == 0;
+  return replace_file(home + "/" + landed_file_name, bytes, mode) == nullptr;
 }
 
 /// Adds a recovery's section, newest last, in place of any older one of its environment, and

@@ -80,39 +80,42 @@ inline heap_chunk* heap_chunk_of(const void* p) noexcept {
   return reinterpret_cast<heap_chunk*>(base + off);
 }
 
+/// Chunk i's bit in heap_map: whether an arena holds it.
+inline bool chunk_taken(std::size_t i) noexcept {
+  return (heap_map[i / 64].load(std::memory_order_relaxed) >> (i % 64)) & 1u;
+}
+/// Sets chunk i's bit; false if another thread took it first.
+inline bool take_chunk(std::size_t i) noexcept {
+  const std::uint64_t bit = std::uint64_t{1} << (i % 64);
+  return (heap_map[i / 64].fetch_or(bit, std::memory_order_acq_rel) & bit) == 0;
+}
+inline void free_chunk(std::size_t i) noexcept {
+  heap_map[i / 64].fetch_and(~(std::uint64_t{1} << (i % 64)), std::memory_order_acq_rel);
+}
+
 /// Takes `n` free consecutive chunks and makes them accessible; null if there are none.
 inline heap_chunk* take_chunks(std::size_t n) noexcept {
   const std::uintptr_t base = heap_base.load(std::memory_order_acquire);
   if (base == 0 || n == 0 || n > heap_chunk_count) return nullptr;
-  const auto taken = [](std::size_t i) {
-    return (heap_map[i / 64].load(std::memory_order_relaxed) >> (i % 64)) & 1u;
-  };
-  const auto set = [](std::size_t i) {  // false if another thread took it first
-    const std::uint64_t bit = std::uint64_t{1} << (i % 64);
-    return (heap_map[i / 64].fetch_or(bit, std::memory_order_acq_rel) & bit) == 0;
-  };
-  const auto clear = [](std::size_t i) {
-    heap_map[i / 64].fetch_and(~(std::uint64_t{1} << (i % 64)), std::memory_order_acq_rel);
-  };
   for (std::size_t i = 0; i + n <= heap_chunk_count;) {
     std::size_t j = 0;
-    while (j < n && !taken(i + j)) ++j;
+    while (j < n && !chunk_taken(i + j)) ++j;
     if (j < n) {
       i += j + 1;
       continue;
     }
     std::size_t k = 0;
-    while (k < n && set(i + k)) ++k;
+    while (k < n && take_chunk(i + k)) ++k;
     if (k == n) {
       void* at = reinterpret_cast<void*>(base + i * heap_chunk_size);
       if (::mprotect(at, n * heap_chunk_size, PROT_READ | PROT_WRITE) == 0) {
         heap_chunks_taken.fetch_add(static_cast<long>(n), std::memory_order_relaxed);
         return static_cast<heap_chunk*>(at);
       }
-      for (std::size_t m = 0; m < n; ++m) clear(i + m);  // no memory: malloc may find some
+      for (std::size_t m = 0; m < n; ++m) free_chunk(i + m);  // no memory: malloc may find some
       return nullptr;
     }
-    for (std::size_t m = 0; m < k; ++m) clear(i + m);
+    for (std::size_t m = 0; m < k; ++m) free_chunk(i + m);
     i += k + 1;
   }
   return nullptr;
@@ -124,8 +127,7 @@ inline void give_back_chunks(heap_chunk* c, std::size_t n) noexcept {
   (void)::madvise(c, n * heap_chunk_size, MADV_DONTNEED);
   (void)::mprotect(c, n * heap_chunk_size, PROT_NONE);
   const std::size_t first = (reinterpret_cast<std::uintptr_t>(c) - base) / heap_chunk_size;
-  for (std::size_t i = first; i < first + n; ++i)
-    heap_map[i / 64].fetch_and(~(std::uint64_t{1} << (i % 64)), std::memory_order_acq_rel);
+  for (std::size_t i = first; i < first + n; ++i) free_chunk(i);
   heap_chunks_taken.fetch_sub(static_cast<long>(n), std::memory_order_relaxed);
 }
 
@@ -229,15 +231,12 @@ class heap_arena {
   void* allocate_run(std::size_t n) noexcept {
     if (n > heap_reserve_size) return nullptr;
     const std::size_t chunks = (n + heap_header_size + heap_chunk_size - 1) / heap_chunk_size;
-    lock();
-    const bool released = released_;
-    unlock();
-    heap_chunk* r = released ? nullptr : take_chunks(chunks);
+    heap_chunk* r = take_chunks(chunks);
     if (!r) return nullptr;
     r->size_class = heap_run;
     r->chunks = static_cast<std::uint32_t>(chunks);
     lock();
-    if (released_) {  // released meanwhile (a misuse): keep nothing in a released arena
+    if (released_) {  // keep nothing in a released arena
       unlock();
       give_back_chunks(r, chunks);
       return nullptr;
