@@ -12,6 +12,8 @@
 #include <db.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -27,6 +29,7 @@
 #include "bsddb_options.hpp"
 #include "detail/bdb_landed_commits.hpp"
 #include "detail/bdb_registry.hpp"
+#include "detail/bdb_space.hpp"
 #include "error.hpp"
 #include "shared_dict.hpp"
 
@@ -170,10 +173,10 @@ class backend {
 
   bool remove(std::string_view key) {
     DBT k = detail::bdb::make_dbt(key);
-    return write_transaction("DB->del", [&](detail::bdb::database& d, DB_TXN* txn) {
-             return detail::bdb::guarded(d,
-                                         [&] { return d.handle()->del(d.handle(), txn, &k, 0); });
-           }) == 0;
+    return write_transaction("DB->del", detail::bdb::space_cost(key.size(), 1024),
+                             space_kind::shrinks, 0, [&](detail::bdb::database& d, DB_TXN* txn) {
+                               return detail::bdb::erase_counted(d, txn, k);
+                             }) == 0;
   }
 
   /// Read-modify-write in one transaction: get with DB_RMW (a write lock on the key's page),
@@ -193,6 +196,12 @@ class backend {
     std::string out;
     auto once = [&](detail::bdb::database& d, u_int32_t txn_flags) {
       DB* db = d.handle();
+      bool tight = false;
+      if (const int full =
+              detail::bdb::make_space(d, detail::bdb::space_cost(key.size(), current_value.size()),
+                                      space_kind::grows, tight))
+        return full;
+      const db_pgno_t pages = tight ? detail::bdb::last_page(d) : 0;
       detail::bdb::transaction txn(d.env().handle(), txn_flags);
       if (txn.begin_error()) return txn.begin_error();
       DBT v;
@@ -216,13 +225,25 @@ class backend {
         action = step(rc == 0 ? &old : nullptr, out);
       }
       if (action == modify_action::keep) return txn.commit();
+      // In a tight home, a value that gets longer (or a new key) is written on credit (see
+      // detail/bdb_space_guard.hpp); one that does not (a counter) needs none.
+      std::uint64_t credit = 0;
+      if (tight && action == modify_action::store) {
+        const std::uint64_t before = rc == 0 ? old.size() : 0;
+        const std::uint64_t after = out.size() + (rc == 0 ? 0 : key.size());
+        if (after > before && !detail::bdb::take_credit(d, after - before)) return ENOSPC;
+        credit = after > before ? after - before : 0;
+      }
       if (action == modify_action::store) {
         DBT w = detail::bdb::make_dbt(out);
         rc = detail::bdb::guarded(d, [&] { return db->put(db, txn.get(), &k, &w, 0); });
+        if (rc == 0 && tight && detail::bdb::grew(d, pages)) rc = ENOSPC;  // the transaction aborts
       } else {
-        rc = detail::bdb::guarded(d, [&] { return db->del(db, txn.get(), &k, 0); });
+        rc = detail::bdb::erase_counted(d, txn.get(), k);
       }
-      return rc != 0 ? rc : commit(d, txn, ticket);
+      if (rc == 0) rc = commit(d, txn, ticket);
+      if (rc != 0) d.env().space().add_credit(credit);  // given back
+      return rc;
     };
     unsigned attempts = 0;
     run(
@@ -270,13 +291,49 @@ class backend {
   /// Whether there are no records.
   [[nodiscard]] bool empty() const { return walk(true) == 0; }
 
-  /// Removes every record in one transaction (DB->truncate).
+  /// Removes every record in one transaction (DB->truncate), then gives the free pages back to
+  /// the filesystem (DB->compact with DB_FREE_SPACE, in transactions of its own): a cleared dict
+  /// in a full home takes as much again.
+  ///
+  /// DB->truncate logs every page it frees, all in one transaction, whose log cannot be removed
+  /// before it ends. When the home's filesystem has no room for that much log, the records are
+  /// erased in batches of their own transactions instead (about 64 kB of records each), so that
+  /// checkpoints free the log as it goes: another process may then see part of them erased.
   void clear() {
-    write_transaction("DB->truncate", [&](detail::bdb::database& d, DB_TXN* txn) {
-      std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
-      u_int32_t removed = 0;
-      return detail::bdb::guarded(
-          d, [&] { return d.handle()->truncate(d.handle(), txn, &removed, 0); });
+    const bool whole = run("DB->truncate", [&](detail::bdb::database& d) {
+                         return detail::bdb::truncate_fits(d) ? 0 : DB_NOTFOUND;
+                       }) == 0;
+    if (whole) {
+      write_transaction("DB->truncate", detail::bdb::space_cost(0, 4096), space_kind::shrinks, 0,
+                        [&](detail::bdb::database& d, DB_TXN* txn) {
+                          std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
+                          u_int32_t removed = 0;
+                          const std::uint64_t bytes = detail::bdb::database_bytes(d);
+                          const int rc = detail::bdb::guarded(d, [&] {
+                            return d.handle()->truncate(d.handle(), txn, &removed, 0);
+                          });
+                          // What DB->compact below does not give back is reused on credit.
+                          if (rc == 0 && d.env().space().counting())
+                            d.env().space().add_credit(bytes);
+                          return rc;
+                        });
+    } else {
+      while (erase_batch() == 0) {
+      }
+    }
+    run("DB->compact", [&](detail::bdb::database& d) {
+      bool tight = false;
+      if (const int full = detail::bdb::make_space(d, detail::bdb::space_cost(0, 4096),
+                                                   space_kind::shrinks, tight))
+        return full;
+      DB_COMPACT c;
+      std::memset(&c, 0, sizeof c);
+      const int rc = detail::bdb::guarded(d, [&] {
+        return d.handle()->compact(d.handle(), nullptr, nullptr, nullptr, &c, DB_FREE_SPACE,
+                                   nullptr);
+      });
+      d.env().space().measure_again();
+      return rc;
     });
   }
 
@@ -497,25 +554,80 @@ class backend {
   int write(const char* origin, std::string_view key, std::string_view value, u_int32_t flags) {
     DBT k = detail::bdb::make_dbt(key);
     DBT v = detail::bdb::make_dbt(value);
-    return write_transaction(origin, [&](detail::bdb::database& d, DB_TXN* txn) {
-      return detail::bdb::guarded(d,
-                                  [&] { return d.handle()->put(d.handle(), txn, &k, &v, flags); });
-    });
+    return write_transaction(
+        origin, detail::bdb::space_cost(key.size(), value.size()), space_kind::grows,
+        key.size() + value.size(), [&](detail::bdb::database& d, DB_TXN* txn) {
+          return detail::bdb::guarded(
+              d, [&] { return d.handle()->put(d.handle(), txn, &k, &v, flags); });
+        });
+  }
+
+  using space_kind = detail::bdb::space_guard::kind;
+
+  /// For clear() in a home short of space: erases up to 256 records or 64 kB of them in one
+  /// transaction. @returns 0 if it erased some, DB_NOTFOUND once there are none.
+  int erase_batch() {
+    constexpr std::size_t max_records = 256;
+    constexpr std::size_t max_bytes = std::size_t{64} << 10;
+    return write_transaction(
+        "DBC->del", detail::bdb::space_cost(0, max_bytes), space_kind::shrinks, 0,
+        [&](detail::bdb::database& d, DB_TXN* txn) {
+          std::shared_lock<std::shared_mutex> no_truncate(d.cursor_mutex());
+          DBC* cursor = nullptr;
+          int rc = detail::bdb::guarded(
+              d, [&] { return d.handle()->cursor(d.handle(), txn, &cursor, 0); });
+          if (rc != 0) return rc;
+          DBT k, v;
+          std::memset(&k, 0, sizeof k);
+          std::memset(&v, 0, sizeof v);
+          k.flags = v.flags = DB_DBT_REALLOC;
+          std::size_t records = 0, bytes = 0;
+          while (records < max_records && bytes < max_bytes) {
+            rc = detail::bdb::guarded(
+                d, [&] { return cursor->get(cursor, &k, &v, DB_NEXT | DB_RMW); });
+            if (rc != 0) break;
+            rc = detail::bdb::guarded(d, [&] { return cursor->del(cursor, 0); });
+            if (rc != 0) break;
+            ++records;
+            bytes += k.size + v.size;
+          }
+          std::free(k.data);
+          std::free(v.data);
+          if (d.env().space().counting()) d.env().space().add_credit(bytes);
+          const int close_rc = detail::bdb::guarded(d, [&] { return cursor->close(cursor); });
+          if (rc == DB_NOTFOUND) rc = records > 0 ? 0 : DB_NOTFOUND;
+          return rc != 0 ? rc : close_rc;
+        });
   }
 
   /// Runs `change(d, txn)` in a transaction of its own and commits it, through run(): exactly
   /// once across breaks. `change` puts its libdb call under detail::bdb::guarded itself (and
-  /// takes no lock inside it: a fault leaves the guard by siglongjmp).
+  /// takes no lock inside it: a fault leaves the guard by siglongjmp). A write that the home's
+  /// filesystem has no room for (about `cost` bytes) is refused with size_error before it runs;
+  /// in a tight home a write that grows takes `credit` bytes of credit first, and is aborted if
+  /// it made the database file longer (see detail/bdb_space_guard.hpp).
   template <class Change>
-  int write_transaction(const char* origin, Change&& change) {
+  int write_transaction(const char* origin, std::uint64_t cost, space_kind kind,
+                        std::uint64_t credit, Change&& change) {
     detail::bdb::commit_ticket ticket;
     return run(
         origin,
         [&](detail::bdb::database& d) {
-          detail::bdb::transaction txn(d.env().handle());
-          if (txn.begin_error()) return txn.begin_error();
-          const int rc = change(d, txn.get());
-          return rc != 0 ? rc : commit(d, txn, ticket);
+          bool tight = false;
+          if (const int full = detail::bdb::make_space(d, cost, kind, tight)) return full;
+          const bool on_credit = tight && kind == space_kind::grows;
+          if (on_credit && !detail::bdb::take_credit(d, credit)) return ENOSPC;
+          const db_pgno_t pages = on_credit ? detail::bdb::last_page(d) : 0;
+          int rc;
+          {
+            detail::bdb::transaction txn(d.env().handle());
+            rc = txn.begin_error();
+            if (rc == 0) rc = change(d, txn.get());
+            if (rc == 0 && on_credit && detail::bdb::grew(d, pages)) rc = ENOSPC;  // aborted
+            if (rc == 0) rc = commit(d, txn, ticket);
+          }
+          if (rc != 0 && on_credit) d.env().space().add_credit(credit);  // given back
+          return rc;
         },
         &ticket);
   }

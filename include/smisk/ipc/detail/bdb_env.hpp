@@ -24,6 +24,7 @@
 #include "bdb_home_files.hpp"
 #include "bdb_landed_commits.hpp"
 #include "bdb_liveness.hpp"
+#include "bdb_space_guard.hpp"
 #include "bdb_stats.hpp"
 #include "home_lease.hpp"
 #include "posix.hpp"
@@ -64,6 +65,17 @@ bool checkpoint_due(std::uint64_t n, LogStat&& log_stat) {
   return since >= checkpoint_log_bytes;
 }
 
+/// The cache an environment is made with: `wanted` (at least 1 MiB), at most an eighth of what
+/// the home's filesystem has free. On tmpfs the cache region is memory of that filesystem, and a
+/// 32 MiB cache on Docker's 64 MB /dev/shm left little room for data.
+inline std::size_t cache_size_for(std::size_t wanted, const std::string& home) noexcept {
+  constexpr std::size_t least = std::size_t{1} << 20;
+  space_reading r;
+  if (read_space(home, r) && r.usable() / 8 < wanted)
+    wanted = static_cast<std::size_t>(r.usable() / 8);
+  return wanted < least ? least : wanted;
+}
+
 /// One DB_ENV per home and process, shared by every dict of that home.
 class environment {
  public:
@@ -76,6 +88,7 @@ class environment {
               std::uint64_t epoch, std::uint32_t retired_envid = 0)
       : lease_(std::move(lease)),
         home_(lease_->home()),
+        space_(home_, o.mode),
         generation_(fork_generation()),
         epoch_(epoch) {
     // Before the first environment: libdb's process-shared mutexes become robust, so that a
@@ -275,7 +288,28 @@ class environment {
       // Not once the threads were stopped (at exit: see quiesce()).
       if (!checkpoints_->stopping) start_checkpointer_locked();
     }
-    checkpoints_->cv.notify_one();
+    checkpoints_->cv.notify_all();  // writers in make_room() wait on it too
+  }
+
+  /// The free space of the home's filesystem, as writes of this process see it.
+  [[nodiscard]] space_guard& space() noexcept { return space_; }
+
+  /// For a write short of space: has the checkpoint thread take two checkpoints in a row, after
+  /// which libdb removes every log file but the last; waits for them at most 2 s (a checkpoint
+  /// can hang in an environment a dead process broke, see shutdown(), so the writer never takes
+  /// it itself).
+  void make_room() {
+    std::unique_lock<std::mutex> lock(checkpoints_->mutex);
+    if (checkpoints_->stopping) return;
+    const std::uint64_t target = checkpoints_->forced_done + 2;
+    if (checkpoints_->forced_wanted < target) checkpoints_->forced_wanted = target;
+    start_checkpointer_locked();
+    if (!checkpointer_.joinable()) return;
+    checkpoints_->cv.notify_all();
+    checkpoints_->cv.wait_for(lock, std::chrono::seconds(2), [&] {
+      return checkpoints_->forced_done >= target || checkpoints_->stopping || broken();
+    });
+    space_.measure_again();
   }
 
  private:
@@ -285,8 +319,7 @@ class environment {
     check(env_->set_alloc(env_, &::malloc, &::realloc, &::free), "DB_ENV->set_alloc");
     env_->set_errcall(env_, &on_bdb_error);
     env_->set_msgcall(env_, &on_bdb_message);
-    std::size_t cache =
-        o.cache_size < (std::size_t{1} << 20) ? (std::size_t{1} << 20) : o.cache_size;
+    const std::size_t cache = cache_size_for(o.cache_size, home_);
     check(env_->set_cachesize(env_, static_cast<u_int32_t>(cache >> 30),
                               static_cast<u_int32_t>(cache & ((std::size_t{1} << 30) - 1)), 1),
           "DB_ENV->set_cachesize");
@@ -318,9 +351,12 @@ class environment {
     robust::quick_yields = true;
     std::unique_lock<std::mutex> lock(state->mutex);
     for (;;) {
-      state->cv.wait(lock, [&] { return state->stopping || state->wanted; });
+      state->cv.wait(lock, [&] {
+        return state->stopping || state->wanted || state->forced_wanted > state->forced_done;
+      });
       const bool last = state->stopping;
-      const bool run = (last ? state->final : state->wanted) && !state->broken.load();
+      const bool forced = !last && state->forced_wanted > state->forced_done;
+      const bool run = (last ? state->final : state->wanted || forced) && !state->broken.load();
       state->wanted = false;
       if (run) {
         state->inside = true;
@@ -328,13 +364,19 @@ class environment {
         const int rc = [&] {
           library_work working;
           return robust::call_guarded(env, [&] {
-            return env->txn_checkpoint(env, last ? 0 : checkpoint_log_bytes >> 10, 0, 0);
+            return env->txn_checkpoint(env, last || forced ? 0 : checkpoint_log_bytes >> 10, 0,
+                                       forced ? DB_FORCE : 0);
           });
         }();
         if (rc == 0) stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
         if (rc == DB_RUNRECOVERY) state->abort_waits();
         lock.lock();
         state->inside = false;
+      }
+      if (forced) {
+        // Counted even when it failed or did not run: the writer waiting for it goes on.
+        state->forced_done = run ? state->forced_done + 1 : state->forced_wanted;
+        state->cv.notify_all();
       }
       if (last) {
         state->exited = true;
@@ -461,6 +503,7 @@ class environment {
 
   std::shared_ptr<home_lease> lease_;
   const std::string home_;
+  space_guard space_;
   unsigned generation_;
   DB_ENV* env_ = nullptr;
   std::uint64_t epoch_;

@@ -4,6 +4,7 @@
 
 #include <db.h>
 
+#include <cerrno>
 #include <string>
 
 #if DB_VERSION_MAJOR != 5 || DB_VERSION_MINOR != 3
@@ -26,7 +27,27 @@ extern "C" inline void on_bdb_error(const DB_ENV*, const char*, const char* msg)
 }
 extern "C" inline void on_bdb_message(const DB_ENV*, const char*) {}
 
+/// Why the last write of this thread was refused for want of space (set by the space guard,
+/// bdb_space_guard.hpp), for the size_error's message.
+inline std::string& space_message() {
+  thread_local std::string message;
+  return message;
+}
+
+/// @throws size_error for ENOSPC (a write the home's filesystem has no room for), engine_error
+/// for anything else.
 [[noreturn]] inline void raise(const char* origin, int rc, const std::string& context = {}) {
+  if (rc == ENOSPC) {
+    std::string why = space_message().empty()
+                          ? std::string(
+                                "the filesystem of the home is full: free space, give the "
+                                "container a larger /dev/shm (docker run --shm-size=256m) "
+                                "or put the home on a disk (options::homedir)")
+                          : space_message();
+    space_message().clear();
+    last_message().clear();
+    throw size_error(std::string("smisk::ipc: ") + origin + " refused: " + why, rc, origin);
+  }
   std::string what = std::string("smisk::ipc: ") + origin + " failed: " + db_strerror(rc);
   if (!context.empty()) what += " (" + context + ")";
   if (!last_message().empty()) {

@@ -23,6 +23,8 @@ constexpr const char* lock_file_name = "smisk-ipc.lock";
 constexpr const char* manifest_file_name = "smisk-ipc.manifest";
 /// Which commits the last recoveries found in the log (bdb_landed_commits.hpp).
 constexpr const char* landed_file_name = "smisk-ipc.landed";
+/// The credit of a home short of space (bdb_space_guard.hpp).
+constexpr const char* space_file_name = "smisk-ipc.space";
 
 /// Replaces the file at `path` whole with `bytes` (written to path.tmp, then renamed: a reader
 /// sees the old file or the new one). @returns null, or the call that failed (errno says why).
@@ -89,8 +91,8 @@ inline bool is_log_file_name(const std::string& name) { return is_numbered_name(
 
 /// Removes the library's own files from a temporary home, and the home if the library made it.
 /// Only exact names: Berkeley DB's regions and logs, the databases the manifest lists, the lock
-/// file, the manifest and the record of landed commits. A user's "log.txt" or "__db.notes" in a
-/// home they gave is theirs.
+/// file, the manifest, the record of landed commits and the space credit. A user's "log.txt" or
+/// "__db.notes" in a home they gave is theirs.
 inline void remove_home_files(const std::string& home, const manifest& m) {
   for (const auto& name : list_dir(home)) {
     bool ours = is_region_file_name(name) || is_log_file_name(name) || m.has_database(name);
@@ -100,6 +102,7 @@ inline void remove_home_files(const std::string& home, const manifest& m) {
     ::unlink((home + "/" + file + ".tmp").c_str());
     ::unlink((home + "/" + file).c_str());
   }
+  ::unlink((home + "/" + space_file_name).c_str());
   ::unlink((home + "/" + lock_file_name).c_str());
   if (m.created_home && ::rmdir(home.c_str()) == 0)
     stats().homes_removed.fetch_add(1, std::memory_order_relaxed);

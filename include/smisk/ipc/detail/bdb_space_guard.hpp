@@ -1,0 +1,248 @@
+// smisk-ipc: a home whose filesystem fills up (a 64 MB /dev/shm in a container).
+// SPDX-License-Identifier: MIT
+//
+// Berkeley DB cannot take a full filesystem: a write whose log record does not fit fails, the
+// abort of its transaction must log too, that fails as well, and the environment panics. Its
+// recovery then needs space for new region files while the other processes still map the old
+// ones, so it fails, and every call of every process fails from then on, reads included. A page
+// of a region file on tmpfs is taken when first touched, so even a read can fault on a full
+// filesystem.
+//
+// So the library never lets libdb meet ENOSPC: before a write it compares the free space of the
+// home's filesystem, minus what libdb's region and log files will still take as their holes are
+// written, with reserves; a write that does not fit fails alone with size_error,
+// before libdb runs, and nothing stored is touched. Three levels (see docs/full-home.md):
+//   plenty  more than space_reserve_growth left after the write: it runs unchecked;
+//   tight   less, but space_reserve_log left: a write runs only on credit, the bytes that erases
+//           freed inside the database files since the home became tight (counted in
+//           <home>/smisk-ipc.space, shared by its processes), and commits only if it did not
+//           make the database file longer; an update that does not make its value longer needs
+//           no credit;
+//   full    less: writes fail; erases and clears may go down to space_floor, so that space can
+//           always be freed.
+// Erased pages are not given back to the filesystem (Berkeley DB reuses them), so without the
+// credit a home filled to the brim could never take a write again after erases.
+// Measuring costs a statvfs and a stat per file of the home, so a process measures again only
+// once its writes may have used 1/64 of the headroom it saw (then 64 processes writing at once
+// still stay within it), and at every write once the headroom is small.
+#pragma once
+
+#include <db.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <string>
+
+#include "bdb_errors.hpp"
+#include "bdb_home_files.hpp"
+
+namespace smisk::ipc::detail::bdb {
+
+/// Left free by a write that may make the home's files longer: what the checkpoints and the
+/// writes in flight of every process write before the next measurement, and a margin.
+inline constexpr std::uint64_t space_reserve_growth = std::uint64_t{10} << 20;
+/// Left free by any write: room for log files until a checkpoint lets the old ones go.
+inline constexpr std::uint64_t space_reserve_log = std::uint64_t{4} << 20;
+/// Left free by erases and clears: the log of the erase itself and of its abort.
+inline constexpr std::uint64_t space_floor = std::uint64_t{1} << 20;
+
+/// What a home's filesystem has left.
+struct space_reading {
+  std::uint64_t free = 0;  ///< statvfs: bytes an unprivileged writer may still use
+  std::uint64_t debt = 0;  ///< bytes libdb's files will take as their holes are written
+  /// What the home may still fill.
+  [[nodiscard]] std::uint64_t usable() const noexcept { return free > debt ? free - debt : 0; }
+};
+
+/// What libdb's files in a home will still take as their holes are written: on tmpfs libdb makes
+/// a region file (__db.001, ...) as a sparse file whose pages are taken as it first touches
+/// them, and a log file at its full length, written as it goes. (A hash database that doubles
+/// its table also makes its file longer at once and writes the new bucket pages as they fill;
+/// those holes fill as the dict grows, which the plenty level stops at space_reserve_growth.)
+inline std::uint64_t holes_of_files(const std::string& home) noexcept {
+  std::uint64_t holes = 0;
+  DIR* dir = ::opendir(home.c_str());
+  if (!dir) return 0;
+  while (const struct dirent* e = ::readdir(dir)) {
+    struct stat st {};
+    if (!is_region_file_name(e->d_name) && !is_log_file_name(e->d_name)) continue;
+    if (::fstatat(::dirfd(dir), e->d_name, &st, AT_SYMLINK_NOFOLLOW) != 0 || !S_ISREG(st.st_mode))
+      continue;
+    const auto size = static_cast<std::uint64_t>(st.st_size);
+    const auto taken = static_cast<std::uint64_t>(st.st_blocks) * 512;
+    if (size > taken) holes += size - taken;
+  }
+  ::closedir(dir);
+  return holes;
+}
+
+/// Reads what the filesystem of `home` has left into `out`. @returns false if statvfs fails (the
+/// guard then lets writes through, and libdb reports what happens).
+inline bool read_space(const std::string& home, space_reading& out) noexcept {
+  struct statvfs st {};
+  if (::statvfs(home.c_str(), &st) != 0) return false;
+  out.free = std::uint64_t{st.f_bavail} * st.f_frsize;
+  out.debt = holes_of_files(home);
+  return true;
+}
+
+/// One environment's view of its home's free space (see the top of this file).
+class space_guard {
+ public:
+  enum class verdict { plenty, tight, full };
+  /// What an operation does to the size of the home.
+  enum class kind {
+    grows,    ///< a put, an update: may make the database file longer
+    shrinks,  ///< an erase, a clear: only logs
+  };
+
+  space_guard(std::string home, unsigned mode) : home_(std::move(home)), mode_(mode) {}
+  ~space_guard() {
+    if (credit_) ::munmap(static_cast<void*>(credit_), sizeof(std::int64_t));
+  }
+  space_guard(const space_guard&) = delete;
+  space_guard& operator=(const space_guard&) = delete;
+
+  /// Before an operation that logs about `cost` bytes.
+  verdict check(std::uint64_t cost, kind k) noexcept {
+    const auto signed_cost = static_cast<std::int64_t>(cost);
+    if (budget_.fetch_sub(signed_cost, std::memory_order_relaxed) - signed_cost >= 0)
+      return verdict::plenty;
+    std::lock_guard<std::mutex> lock(mutex_);
+    space_reading r;
+    if (!read_space(home_, r)) {
+      budget_.store(0, std::memory_order_relaxed);
+      return verdict::plenty;
+    }
+    last_ = r;
+    const std::uint64_t usable = r.usable();
+    // Erases count what they free from a little before the home gets tight (so that the
+    // credit is there when it does); well clear of it, the credit is dropped (the pages erased
+    // before are reused by the writes that the plenty level lets through).
+    const bool near = usable < 2 * space_reserve_growth;
+    counting_.store(near, std::memory_order_relaxed);
+    if (near)
+      map_credit_locked();
+    else if (credit_)
+      credit_->store(0, std::memory_order_relaxed);
+    if (usable >= space_reserve_growth + cost) {
+      budget_.store(static_cast<std::int64_t>((usable - space_reserve_growth) / 64),
+                    std::memory_order_relaxed);
+      return verdict::plenty;
+    }
+    budget_.store(0, std::memory_order_relaxed);
+    if (k == kind::shrinks) return usable >= space_floor + cost ? verdict::tight : verdict::full;
+    return usable >= space_reserve_log + cost ? verdict::tight : verdict::full;
+  }
+
+  /// Whether the home was short of space, or close to it, at the last measurement: erases then
+  /// count what they free (add_credit).
+  [[nodiscard]] bool counting() const noexcept { return counting_.load(std::memory_order_relaxed); }
+
+  /// An erase in a tight home freed `bytes` inside a database file.
+  void add_credit(std::uint64_t bytes) noexcept {
+    if (std::atomic<std::int64_t>* c = credit())
+      c->fetch_add(static_cast<std::int64_t>(bytes), std::memory_order_relaxed);
+  }
+  /// A write in a tight home takes `bytes` of credit. @returns false if there is not that much.
+  bool take_credit(std::uint64_t bytes) noexcept {
+    std::atomic<std::int64_t>* c = credit();
+    if (!c) return false;
+    const auto want = static_cast<std::int64_t>(bytes);
+    std::int64_t have = c->load(std::memory_order_relaxed);
+    while (have >= want)
+      if (c->compare_exchange_weak(have, have - want, std::memory_order_relaxed)) return true;
+    return false;
+  }
+
+  /// Makes the next check measure again (after space may have been freed).
+  void measure_again() noexcept { budget_.store(0, std::memory_order_relaxed); }
+
+  /// Whether a write short of space should have checkpoints free log files first: at most every
+  /// 50 ms per environment, so that writes in a full home fail fast rather than each waiting
+  /// for checkpoints that freed everything they could a moment ago.
+  bool room_may_help() noexcept {
+    const auto now = std::chrono::steady_clock::now().time_since_epoch().count();
+    auto last = last_room_.load(std::memory_order_relaxed);
+    const auto interval = std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                              std::chrono::milliseconds(50))
+                              .count();
+    return now - last >= interval && last_room_.compare_exchange_strong(last, now);
+  }
+
+  /// Sets space_message() for a refused write: what was left and what to do.
+  void explain() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const auto mb = [](std::uint64_t bytes) {
+      return std::to_string(bytes >> 20) + "." + std::to_string(((bytes & 0xfffff) * 10) >> 20);
+    };
+    space_message() = "the filesystem of the home " + home_ + " is full (" + mb(last_.free) +
+                      " MB free, of which libdb's region and log files will still take " +
+                      mb(last_.debt) + " MB; the library keeps " + mb(space_reserve_growth) +
+                      " MB free for its logs and checkpoints). Free space (erase entries, clear() "
+                      "a dict, remove files), give the container a larger /dev/shm (docker run "
+                      "--shm-size=256m) or put the home on a disk (options::homedir). Nothing "
+                      "stored was changed";
+  }
+
+ private:
+  std::atomic<std::int64_t>* credit() noexcept {
+    return credit_ready_.load(std::memory_order_acquire) ? credit_ : nullptr;
+  }
+
+  /// Maps <home>/smisk-ipc.space (made if missing), once; without it there is no credit (writes
+  /// in a tight home are refused). Called with mutex_ held.
+  void map_credit_locked() noexcept {
+    if (credit_ || credit_failed_) return;
+    credit_failed_ = true;
+    const std::string path = home_ + "/" + space_file_name;
+    const int fd =
+        ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, static_cast<mode_t>(mode_));
+    if (fd < 0) return;
+    struct stat st {};
+    void* p = MAP_FAILED;
+    if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+        (st.st_size >= static_cast<off_t>(sizeof(std::int64_t)) ||
+         ::ftruncate(fd, sizeof(std::int64_t)) == 0))
+      p = ::mmap(nullptr, sizeof(std::int64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    ::close(fd);
+    if (p == MAP_FAILED) return;
+    // A lock-free 64-bit atomic has the layout of the integer and works across processes.
+    static_assert(std::atomic<std::int64_t>::is_always_lock_free);
+    credit_ = static_cast<std::atomic<std::int64_t>*>(p);
+    credit_failed_ = false;
+    credit_ready_.store(true, std::memory_order_release);
+  }
+
+  std::string home_;
+  unsigned mode_;
+  std::atomic<std::int64_t> budget_{0};
+  std::atomic<bool> counting_{false};
+  std::atomic<std::chrono::steady_clock::rep> last_room_{0};
+  std::mutex mutex_;
+  space_reading last_;                           // under mutex_
+  std::atomic<std::int64_t>* credit_ = nullptr;  // set once, under mutex_
+  std::atomic<bool> credit_ready_{false};
+  bool credit_failed_ = false;  // under mutex_
+};
+
+/// The number of the last page of a database, as Berkeley DB's cache knows it (pages it made
+/// that are not yet written count): a write that made it larger made the file longer.
+inline db_pgno_t last_page(DB* db) noexcept {
+  db_pgno_t pgno = 0;
+  DB_MPOOLFILE* mpf = db->get_mpf(db);
+  if (mpf) (void)mpf->get_last_pgno(mpf, &pgno);
+  return pgno;
+}
+
+}  // namespace smisk::ipc::detail::bdb
