@@ -293,10 +293,6 @@ class raw_bdb {
     env_ = nullptr;
     db_ = counter_ = nullptr;
     writes_ = 0;
-    // The parent's checkpoint thread does not exist in a child: its object is left alone
-    // (destroying a std::thread that looks joinable would terminate).
-    (void)checkpoints_.release();
-    checkpoints_ = std::make_unique<checkpointer>();
     open(false);
   }
   void leave() { close(); }
@@ -382,6 +378,7 @@ class raw_bdb {
                         DB_THREAD | (create ? DB_RECOVER : 0u);
       bdb_check(env_->open(env_, dir_.c_str(), flags, 0600), "DB_ENV->open");
       if (!create) bdb_check(env_->failchk(env_, 0), "DB_ENV->failchk");
+      checkpoint_bytes_ = ipc::detail::bdb::checkpoint_interval_of(dir_);
     } else {
       bdb_check(env_->set_cachesize(env_, 0, 32u << 20, 1), "set_cachesize");
       bdb_check(env_->set_lk_detect(env_, DB_LOCK_DEFAULT), "set_lk_detect");
@@ -417,7 +414,6 @@ class raw_bdb {
   }
 
   void close() {
-    checkpoints_->stop();
     if (counter_) counter_->close(counter_, 0);
     if (db_) db_->close(db_, 0);
     if (env_) env_->close(env_, 0);
@@ -426,49 +422,13 @@ class raw_bdb {
   }
 
   /// detail::bdb::environment's checkpoints: when detail::bdb::checkpoint_due says so (by log
-  /// volume), a checkpoint (txn_checkpoint(1024 KiB)) is asked of a thread that the first
-  /// request starts; writers never checkpoint themselves.
-  struct checkpointer {
-    std::mutex mutex;
-    std::condition_variable cv;
-    bool wanted = false, stopping = false;
-    std::thread thread;
-    void ask(DB_ENV* env) {
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        wanted = true;
-        if (!thread.joinable()) thread = std::thread([this, env] { loop(env); });
-      }
-      cv.notify_one();
-    }
-    void loop(DB_ENV* env) {
-      enter_patched_scope();
-      std::unique_lock<std::mutex> lock(mutex);
-      for (;;) {
-        cv.wait(lock, [&] { return stopping || wanted; });
-        if (stopping) return;
-        wanted = false;
-        lock.unlock();
-        env->txn_checkpoint(env, 1024, 0, 0);
-        lock.lock();
-      }
-    }
-    void stop() {
-      {
-        std::lock_guard<std::mutex> lock(mutex);
-        stopping = true;
-      }
-      cv.notify_one();
-      if (thread.joinable()) thread.join();
-    }
-  };
-
+  /// volume, every checkpoint_interval() of the home's free space), in the writing thread.
   void note_write() {
     if (!transactional()) return;
     DB_ENV* e = env_;
-    if (smisk::ipc::detail::bdb::checkpoint_due(
-            writes_++, [e](DB_LOG_STAT** st) { return e->log_stat(e, st, 0); }))
-      checkpoints_->ask(env_);
+    if (ipc::detail::bdb::checkpoint_due(
+            writes_++, [e](DB_LOG_STAT** st) { return e->log_stat(e, st, 0); }, checkpoint_bytes_))
+      e->txn_checkpoint(e, static_cast<u_int32_t>(checkpoint_bytes_ >> 10), 0, 0);
   }
 
   std::int64_t increment_txn() {
@@ -540,7 +500,7 @@ class raw_bdb {
   DB* db_ = nullptr;
   DB* counter_ = nullptr;
   std::uint64_t writes_ = 0;
-  std::unique_ptr<checkpointer> checkpoints_ = std::make_unique<checkpointer>();
+  std::uint64_t checkpoint_bytes_ = ipc::detail::bdb::checkpoint_interval(0);
   char buffer_[512];
 };
 

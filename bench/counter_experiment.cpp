@@ -6,7 +6,7 @@
 // The baseline is what shared_dict does (detail/bdb_env.hpp + bsddb.hpp): DB_INIT_MPOOL |
 // DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN | DB_THREAD, 32 MiB cache,
 // set_lk_detect(DB_LOCK_DEFAULT), lock table sizes, thread tracking, DB_TXN_WRITE_NOSYNC, hash,
-// checkpoints by a background thread by log volume, the robust-mutex patch, and one transaction
+// checkpoints by log volume in the writing thread, the robust-mutex patch, and one transaction
 // per increment: get(DB_RMW), put, commit, retried with the library's backoff.
 //
 // The rows marked "puts" are not increments: two processes store random keys (plain auto-commit
@@ -273,46 +273,8 @@ inline void enter_patched_scope() {
   if (patched_scope()) smisk::ipc::detail::robust::current_env = any_env;
 }
 
-/// shared_dict's checkpoints: when detail::bdb::checkpoint_due says so (by log volume), a
-/// checkpoint (txn_checkpoint(1024 KiB)) is asked of a background thread that the first request
-/// starts; writers never checkpoint themselves.
-struct checkpointer {
-  std::mutex mutex;
-  std::condition_variable cv;
-  bool wanted = false, stopping = false;
-  std::thread thread;
-  void ask(DB_ENV* env) {
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      wanted = true;
-      if (!thread.joinable()) thread = std::thread([this, env] { loop(env); });
-    }
-    cv.notify_one();
-  }
-  void loop(DB_ENV* env) {
-    enter_patched_scope();
-    std::unique_lock<std::mutex> lock(mutex);
-    for (;;) {
-      cv.wait(lock, [&] { return stopping || wanted; });
-      if (stopping) return;
-      wanted = false;
-      lock.unlock();
-      env->txn_checkpoint(env, 1024, 0, 0);
-      lock.lock();
-    }
-  }
-  void stop() {
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      stopping = true;
-    }
-    cv.notify_one();
-    if (thread.joinable()) thread.join();
-  }
-};
-
 struct handles {
-  std::shared_ptr<checkpointer> checkpoints = std::make_shared<checkpointer>();
+  std::uint64_t checkpoint_bytes = smisk::ipc::detail::bdb::checkpoint_interval(0);
   DB_ENV* env = nullptr;
   DB* db = nullptr;
   stripe_table* stripes = nullptr;
@@ -321,13 +283,13 @@ struct handles {
   std::uint64_t rng = 0;
   std::int64_t done = 0;
 
-  /// After a committed write: asks for a checkpoint when the library would
-  /// (detail::bdb::checkpoint_due).
+  /// After a committed write: a checkpoint, in the writing thread, when the library would take
+  /// one (detail::bdb::checkpoint_due).
   void note_write() {
     DB_ENV* e = env;
     if (smisk::ipc::detail::bdb::checkpoint_due(
-            writes++, [e](DB_LOG_STAT** st) { return e->log_stat(e, st, 0); }))
-      checkpoints->ask(env);
+            writes++, [e](DB_LOG_STAT** st) { return e->log_stat(e, st, 0); }, checkpoint_bytes))
+      e->txn_checkpoint(e, static_cast<u_int32_t>(checkpoint_bytes >> 10), 0, 0);
   }
 };
 
@@ -475,6 +437,7 @@ handles open_env(const variant& v, const std::string& home, bool create) {
     if (create) flags |= DB_RECOVER;
   }
   check(e->open(e, home.c_str(), flags, 0600), "DB_ENV->open");
+  h.checkpoint_bytes = smisk::ipc::detail::bdb::checkpoint_interval_of(home);
   if (v.txn && !create) check(e->failchk(e, 0), "failchk");
   check(::db_create(&h.db, e, 0), "db_create");
   u_int32_t db_flags = DB_CREATE | DB_THREAD | (v.txn ? DB_AUTO_COMMIT : 0u);
@@ -485,7 +448,6 @@ handles open_env(const variant& v, const std::string& home, bool create) {
 }
 
 void close_env(handles& h) {
-  h.checkpoints->stop();
   h.db->close(h.db, 0);
   h.env->close(h.env, 0);
 }
@@ -564,7 +526,7 @@ outcome run_once(const variant& v, int ops, const std::string& home, bool pin) {
     try {
       if (v.patch) {
         // The patch acts only inside the library's own libdb calls: every libdb call of this
-        // process counts as one (robust::current_env, in this thread and the checkpointer's).
+        // process counts as one (robust::current_env).
         smisk::ipc::detail::robust::install();
         patched_scope() = true;
         enter_patched_scope();

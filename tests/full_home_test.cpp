@@ -229,4 +229,54 @@ TEST(full_home, counters_keep_counting_in_a_full_home) {
   EXPECT_TRUE(all_present(cache, 0, acknowledged));
 }
 
+// Erasing a large value logs all of it: in a full home the erase must be measured by the value's
+// real size, else libdb meets ENOSPC itself and nothing can be erased any more.
+TEST(full_home, a_large_value_is_erased_in_a_full_home_and_the_space_taken_again) {
+  small_tmpfs fs(64);
+  if (!fs.mounted()) GTEST_SKIP() << fs.why_not();
+  const auto opts = options_in(fs);
+  str_dict d{opts};
+  const std::string big(std::size_t{11} << 20, 'B');
+  d.set("big", big);
+  const auto first = fill_until_full(d, 0);
+  ASSERT_FALSE(first.empty());
+  for (int n : first) {
+    if (n < 6000) {
+      ASSERT_TRUE(d.erase(key_of(0, n)));
+    }
+  }
+  const auto second = fill_until_full(d, 1);
+  const auto recoveries = ipc::bsddb::stats().recoveries;
+  // Refused or done, never libdb's own ENOSPC (engine_error) and never a recovery.
+  bool erased = false;
+  for (int attempt = 0; attempt < 3 && !erased; ++attempt) {
+    try {
+      erased = d.erase("big");
+    } catch (const ipc::size_error&) {
+      // Not room for its log yet: erasing smaller entries first makes some.
+      for (int n : second)
+        if (n < 2000 * (attempt + 1)) (void)d.erase(key_of(1, n));
+    }
+  }
+  EXPECT_TRUE(erased);
+  EXPECT_EQ(ipc::bsddb::stats().recoveries, recoveries);
+  EXPECT_FALSE(d.contains("big"));
+  // The 11 MB are taken again, in another process, by a value of the same kind (a hash table
+  // grows its buckets at the end of its file; freed pages are reused for large values).
+  pid_t again = fork_child([&] {
+    str_dict c{opts};
+    const std::string other(std::size_t{10} << 20, 'O');
+    c.set("other", other);
+    EXPECT_EQ(c.get("other"), std::optional<std::string>(other));
+  });
+  ASSERT_TRUE(all_ok(wait_child(again, 120s)));
+  EXPECT_TRUE(d.contains("other"));
+  EXPECT_TRUE(all_present(d, 1, second));
+  for (int n : first) {
+    if (n >= 6000) {
+      EXPECT_TRUE(d.contains(key_of(0, n))) << n;
+    }
+  }
+}
+
 }  // namespace

@@ -173,10 +173,11 @@ class backend {
 
   bool remove(std::string_view key) {
     DBT k = detail::bdb::make_dbt(key);
-    return write_transaction("DB->del", detail::bdb::space_cost(key.size(), 1024),
-                             space_kind::shrinks, 0, [&](detail::bdb::database& d, DB_TXN* txn) {
-                               return detail::bdb::erase_counted(d, txn, k);
-                             }) == 0;
+    return write_transaction(
+               "DB->del", detail::bdb::erase_need(key.size(), 1024), space_kind::shrinks,
+               [&](detail::bdb::database& d, DB_TXN* txn, detail::bdb::space_use& space) {
+                 return erase(d, txn, k, space);
+               }) == 0;
   }
 
   /// Read-modify-write in one transaction: get with DB_RMW (a write lock on the key's page),
@@ -195,54 +196,16 @@ class backend {
     std::string current_value(256, '\0');
     std::string out;
     auto once = [&](detail::bdb::database& d, u_int32_t txn_flags) {
-      DB* db = d.handle();
-      bool tight = false;
-      if (const int full =
-              detail::bdb::make_space(d, detail::bdb::space_cost(key.size(), current_value.size()),
-                                      space_kind::grows, tight))
+      detail::bdb::space_use space(d, space_kind::grows);
+      if (const int full = space.reserve(detail::bdb::write_need(key.size(), 256, 256)))
         return full;
-      const db_pgno_t pages = tight ? detail::bdb::last_page(d) : 0;
-      detail::bdb::transaction txn(d.env().handle(), txn_flags);
-      if (txn.begin_error()) return txn.begin_error();
-      DBT v;
-      std::memset(&v, 0, sizeof v);
-      v.flags = DB_DBT_USERMEM;
       int rc;
-      for (;;) {
-        v.data = current_value.data();
-        v.ulen = static_cast<u_int32_t>(current_value.size());
-        rc = detail::bdb::guarded(d, [&] { return db->get(db, txn.get(), &k, &v, DB_RMW); });
-        if (rc != DB_BUFFER_SMALL) break;
-        current_value.resize(v.size);
-      }
-      if (rc != 0 && rc != DB_NOTFOUND) return rc;
-      std::string_view old(current_value.data(), rc == 0 ? v.size : 0);
-      modify_action action;
       {
-        // Any handle of this dict used from inside `step` on this thread would wait for this
-        // transaction's own locks: run() refuses it.
-        rmw_scope inside(&d);
-        action = step(rc == 0 ? &old : nullptr, out);
+        detail::bdb::transaction txn(d.env().handle(), txn_flags);
+        rc = txn.begin_error();
+        if (rc == 0) rc = modify_once(d, txn, k, step, current_value, out, space, ticket);
       }
-      if (action == modify_action::keep) return txn.commit();
-      // In a tight home, a value that gets longer (or a new key) is written on credit (see
-      // detail/bdb_space_guard.hpp); one that does not (a counter) needs none.
-      std::uint64_t credit = 0;
-      if (tight && action == modify_action::store) {
-        const std::uint64_t before = rc == 0 ? old.size() : 0;
-        const std::uint64_t after = out.size() + (rc == 0 ? 0 : key.size());
-        if (after > before && !detail::bdb::take_credit(d, after - before)) return ENOSPC;
-        credit = after > before ? after - before : 0;
-      }
-      if (action == modify_action::store) {
-        DBT w = detail::bdb::make_dbt(out);
-        rc = detail::bdb::guarded(d, [&] { return db->put(db, txn.get(), &k, &w, 0); });
-        if (rc == 0 && tight && detail::bdb::grew(d, pages)) rc = ENOSPC;  // the transaction aborts
-      } else {
-        rc = detail::bdb::erase_counted(d, txn.get(), k);
-      }
-      if (rc == 0) rc = commit(d, txn, ticket);
-      if (rc != 0) d.env().space().add_credit(credit);  // given back
+      space.settle(rc);
       return rc;
     };
     unsigned attempts = 0;
@@ -300,32 +263,29 @@ class backend {
   /// erased in batches of their own transactions instead (about 64 kB of records each), so that
   /// checkpoints free the log as it goes: another process may then see part of them erased.
   void clear() {
-    const bool whole = run("DB->truncate", [&](detail::bdb::database& d) {
-                         return detail::bdb::truncate_fits(d) ? 0 : DB_NOTFOUND;
-                       }) == 0;
+    const bool whole =
+        run("DB->truncate", [&](detail::bdb::database& d) {
+          return d.env().space().has_room_for(detail::bdb::database_bytes(d)) ? 0 : DB_NOTFOUND;
+        }) == 0;
     if (whole) {
-      write_transaction("DB->truncate", detail::bdb::space_cost(0, 4096), space_kind::shrinks, 0,
-                        [&](detail::bdb::database& d, DB_TXN* txn) {
+      write_transaction("DB->truncate", detail::bdb::erase_need(0, 4096), space_kind::shrinks,
+                        [&](detail::bdb::database& d, DB_TXN* txn, detail::bdb::space_use&) {
                           std::unique_lock<std::shared_mutex> no_cursors(d.cursor_mutex());
                           u_int32_t removed = 0;
-                          const std::uint64_t bytes = detail::bdb::database_bytes(d);
-                          const int rc = detail::bdb::guarded(d, [&] {
+                          return detail::bdb::guarded(d, [&] {
                             return d.handle()->truncate(d.handle(), txn, &removed, 0);
                           });
-                          // What DB->compact below does not give back is reused on credit.
-                          if (rc == 0 && d.env().space().counting())
-                            d.env().space().add_credit(bytes);
-                          return rc;
                         });
     } else {
       while (erase_batch() == 0) {
       }
     }
+    // Short of space: the free pages at the end of the file go back to the filesystem, and the
+    // ones that stay (a hash table keeps its buckets) are credit for new writes.
     run("DB->compact", [&](detail::bdb::database& d) {
-      bool tight = false;
-      if (const int full = detail::bdb::make_space(d, detail::bdb::space_cost(0, 4096),
-                                                   space_kind::shrinks, tight))
-        return full;
+      detail::bdb::space_use space(d, space_kind::shrinks);
+      if (const int full = space.reserve(detail::bdb::erase_need(0, 4096))) return full;
+      if (!space.counting()) return 0;
       DB_COMPACT c;
       std::memset(&c, 0, sizeof c);
       const int rc = detail::bdb::guarded(d, [&] {
@@ -333,6 +293,8 @@ class backend {
                                    nullptr);
       });
       d.env().space().measure_again();
+      if (rc == 0) space.freed(detail::bdb::database_bytes(d));
+      space.settle(rc);
       return rc;
     });
   }
@@ -555,8 +517,22 @@ class backend {
     DBT k = detail::bdb::make_dbt(key);
     DBT v = detail::bdb::make_dbt(value);
     return write_transaction(
-        origin, detail::bdb::space_cost(key.size(), value.size()), space_kind::grows,
-        key.size() + value.size(), [&](detail::bdb::database& d, DB_TXN* txn) {
+        origin, detail::bdb::write_need(key.size(), value.size()), space_kind::grows,
+        [&](detail::bdb::database& d, DB_TXN* txn, detail::bdb::space_use& space) {
+          d.env().space().note_value(value.size());
+          if (space.tight()) {
+            // The old value's size: what the overwrite logs, and what it frees.
+            std::uint64_t old = 0;
+            int rc = detail::bdb::stored_size(d, txn, k, old);
+            if (rc != 0 && rc != DB_NOTFOUND) return rc;
+            const bool exists = rc == 0;
+            if (exists && (flags & DB_NOOVERWRITE)) return DB_KEYEXIST;
+            const std::uint64_t before = exists ? key.size() + old : 0;
+            const std::uint64_t after = key.size() + value.size();
+            rc = space.confirm(detail::bdb::write_need(key.size(), value.size(), old),
+                               after > before ? after - before : 0);
+            if (rc != 0) return rc;
+          }
           return detail::bdb::guarded(
               d, [&] { return d.handle()->put(d.handle(), txn, &k, &v, flags); });
         });
@@ -564,14 +540,80 @@ class backend {
 
   using space_kind = detail::bdb::space_guard::kind;
 
+  /// One attempt of modify() inside its transaction: get with DB_RMW, `step`, then put or del
+  /// and commit. In a home short of space, a value that gets longer (or a new key) is written on
+  /// credit; one that does not (a counter) needs none (see detail/bdb_space.hpp).
+  template <class F>
+  int modify_once(detail::bdb::database& d, detail::bdb::transaction& txn, DBT& k, F& step,
+                  std::string& current_value, std::string& out, detail::bdb::space_use& space,
+                  detail::bdb::commit_ticket& ticket) {
+    DB* db = d.handle();
+    DBT v;
+    std::memset(&v, 0, sizeof v);
+    v.flags = DB_DBT_USERMEM;
+    int rc;
+    for (;;) {
+      v.data = current_value.data();
+      v.ulen = static_cast<u_int32_t>(current_value.size());
+      rc = detail::bdb::guarded(d, [&] { return db->get(db, txn.get(), &k, &v, DB_RMW); });
+      if (rc != DB_BUFFER_SMALL) break;
+      current_value.resize(v.size);
+    }
+    if (rc != 0 && rc != DB_NOTFOUND) return rc;
+    const bool exists = rc == 0;
+    std::string_view old(current_value.data(), exists ? v.size : 0);
+    modify_action action;
+    {
+      // Any handle of this dict used from inside `step` on this thread would wait for this
+      // transaction's own locks: run() refuses it.
+      rmw_scope inside(&d);
+      action = step(exists ? &old : nullptr, out);
+    }
+    if (action == modify_action::keep) return txn.commit();
+    if (action == modify_action::store) {
+      d.env().space().note_value(out.size());
+      const std::uint64_t before = exists ? k.size + old.size() : 0;
+      const std::uint64_t after = std::uint64_t{k.size} + out.size();
+      rc = space.confirm(detail::bdb::write_need(k.size, out.size(), old.size()),
+                         after > before ? after - before : 0);
+      if (rc != 0) return rc;
+      DBT w = detail::bdb::make_dbt(out);
+      rc = detail::bdb::guarded(d, [&] { return db->put(db, txn.get(), &k, &w, 0); });
+      if (rc == 0) rc = space.grew();  // the transaction aborts
+    } else {
+      if (space.counting()) {
+        rc = space.confirm(detail::bdb::erase_need(k.size, old.size()), 0);
+        if (rc != 0) return rc;
+        space.freed(std::uint64_t{k.size} + old.size());
+      }
+      rc = detail::bdb::guarded(d, [&] { return db->del(db, txn.get(), &k, 0); });
+    }
+    return rc != 0 ? rc : commit(d, txn, ticket);
+  }
+
+  /// Erases `k` in `txn`. In a home short of space its value's size is read first (without
+  /// copying it): the erase's log must fit, and the bytes it frees become credit for writes.
+  static int erase(detail::bdb::database& d, DB_TXN* txn, DBT& k, detail::bdb::space_use& space) {
+    if (space.counting()) {
+      std::uint64_t size = 0;
+      int rc = detail::bdb::stored_size(d, txn, k, size);
+      if (rc != 0) return rc;
+      rc = space.confirm(detail::bdb::erase_need(k.size, size), 0);
+      if (rc != 0) return rc;
+      space.freed(std::uint64_t{k.size} + size);
+    }
+    return detail::bdb::guarded(d, [&] { return d.handle()->del(d.handle(), txn, &k, 0); });
+  }
+
   /// For clear() in a home short of space: erases up to 256 records or 64 kB of them in one
-  /// transaction. @returns 0 if it erased some, DB_NOTFOUND once there are none.
+  /// transaction, each checked against the space left. @returns 0 if it erased some,
+  /// DB_NOTFOUND once there are none.
   int erase_batch() {
     constexpr std::size_t max_records = 256;
     constexpr std::size_t max_bytes = std::size_t{64} << 10;
     return write_transaction(
-        "DBC->del", detail::bdb::space_cost(0, max_bytes), space_kind::shrinks, 0,
-        [&](detail::bdb::database& d, DB_TXN* txn) {
+        "DBC->del", detail::bdb::erase_need(0, max_bytes), space_kind::shrinks,
+        [&](detail::bdb::database& d, DB_TXN* txn, detail::bdb::space_use& space) {
           std::shared_lock<std::shared_mutex> no_truncate(d.cursor_mutex());
           DBC* cursor = nullptr;
           int rc = detail::bdb::guarded(
@@ -586,47 +628,46 @@ class backend {
             rc = detail::bdb::guarded(
                 d, [&] { return cursor->get(cursor, &k, &v, DB_NEXT | DB_RMW); });
             if (rc != 0) break;
+            rc = space.confirm(detail::bdb::erase_need(k.size, v.size), 0);
+            if (rc != 0) break;  // the records erased so far are committed
             rc = detail::bdb::guarded(d, [&] { return cursor->del(cursor, 0); });
             if (rc != 0) break;
             ++records;
             bytes += k.size + v.size;
+            space.freed(std::uint64_t{k.size} + v.size);
           }
           std::free(k.data);
           std::free(v.data);
-          if (d.env().space().counting()) d.env().space().add_credit(bytes);
           const int close_rc = detail::bdb::guarded(d, [&] { return cursor->close(cursor); });
-          if (rc == DB_NOTFOUND) rc = records > 0 ? 0 : DB_NOTFOUND;
+          if ((rc == DB_NOTFOUND || rc == ENOSPC) && records > 0) rc = 0;
           return rc != 0 ? rc : close_rc;
         });
   }
 
-  /// Runs `change(d, txn)` in a transaction of its own and commits it, through run(): exactly
-  /// once across breaks. `change` puts its libdb call under detail::bdb::guarded itself (and
-  /// takes no lock inside it: a fault leaves the guard by siglongjmp). A write that the home's
-  /// filesystem has no room for (about `cost` bytes) is refused with size_error before it runs;
-  /// in a tight home a write that grows takes `credit` bytes of credit first, and is aborted if
-  /// it made the database file longer (see detail/bdb_space_guard.hpp).
+  /// Runs `change(d, txn, space)` in a transaction of its own and commits it, through run():
+  /// exactly once across breaks. `change` puts its libdb call under detail::bdb::guarded itself
+  /// (and takes no lock inside it: a fault leaves the guard by siglongjmp). A write that the
+  /// home's filesystem has no room for (`need`) is refused with size_error before
+  /// it runs; in a home short of space, `change` confirms the real sizes with `space`, and the
+  /// write is aborted if it made the database file longer (see detail/bdb_space.hpp).
   template <class Change>
-  int write_transaction(const char* origin, std::uint64_t cost, space_kind kind,
-                        std::uint64_t credit, Change&& change) {
+  int write_transaction(const char* origin, detail::bdb::space_need need, space_kind kind,
+                        Change&& change) {
     detail::bdb::commit_ticket ticket;
     return run(
         origin,
         [&](detail::bdb::database& d) {
-          bool tight = false;
-          if (const int full = detail::bdb::make_space(d, cost, kind, tight)) return full;
-          const bool on_credit = tight && kind == space_kind::grows;
-          if (on_credit && !detail::bdb::take_credit(d, credit)) return ENOSPC;
-          const db_pgno_t pages = on_credit ? detail::bdb::last_page(d) : 0;
-          int rc;
+          detail::bdb::space_use space(d, kind);
+          int rc = space.reserve(need);
+          if (rc != 0) return rc;
           {
             detail::bdb::transaction txn(d.env().handle());
             rc = txn.begin_error();
-            if (rc == 0) rc = change(d, txn.get());
-            if (rc == 0 && on_credit && detail::bdb::grew(d, pages)) rc = ENOSPC;  // aborted
+            if (rc == 0) rc = change(d, txn.get(), space);
+            if (rc == 0) rc = space.grew();  // aborted
             if (rc == 0) rc = commit(d, txn, ticket);
           }
-          if (rc != 0 && on_credit) d.env().space().add_credit(credit);  // given back
+          space.settle(rc);
           return rc;
         },
         &ticket);

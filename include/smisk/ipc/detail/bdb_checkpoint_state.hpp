@@ -24,15 +24,10 @@ namespace smisk::ipc::detail::bdb {
 struct checkpoint_state {
   std::mutex mutex;
   std::condition_variable cv;
-  bool wanted = false;    // a checkpoint was asked for
   bool stopping = false;  // the environment is being closed: end the thread
   bool final = false;     // with stopping: one last checkpoint (persistent homes)
   bool inside = false;    // the thread is inside DB_ENV->txn_checkpoint
   bool exited = false;
-  /// Forced checkpoints (DB_FORCE) asked for by writers short of space, and done: two in a row
-  /// let libdb remove every log file but the last (see environment::make_room).
-  std::uint64_t forced_wanted = 0;
-  std::uint64_t forced_done = 0;
   /// A broken environment was left to the stuck thread: it releases it when it gets out.
   bool release_on_exit = false;
   std::atomic<bool> broken{false};     // the environment's broken flag

@@ -41,28 +41,25 @@ inline void block_signals_in_this_thread() noexcept {
   (void)::pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
 
-/// Log written since the last checkpoint after which a checkpoint is asked for (the checkpoint
-/// thread's txn_checkpoint also waits for that much).
-inline constexpr std::uint64_t checkpoint_log_bytes = std::uint64_t{1} << 20;
 /// The size of a log file: they are removed one by one after the checkpoints, so that the log a
 /// home keeps stays a few megabytes.
 inline constexpr u_int32_t log_file_bytes = 2u << 20;
 
-/// Whether the process's write number `n` (from 0) should ask for a checkpoint: every 64 writes
+/// Whether the process's write number `n` (from 0) should take a checkpoint: every 64 writes
 /// (the first included, so that a process that writes less still takes its turn), if the home
-/// has written checkpoint_log_bytes of log since its last checkpoint (any process's), or if
+/// has written `interval` bytes of log since its last checkpoint (any process's), or if
 /// `log_stat` (DB_ENV->log_stat) cannot say (a libdb without statistics: txn_checkpoint applies
 /// the threshold itself). By log volume, not by write count: 4,096 writes of 1 KB values wrote
 /// 18 MB of log, which a home on a 64 MB /dev/shm could not hold. Also used by bench/.
 template <class LogStat>
-bool checkpoint_due(std::uint64_t n, LogStat&& log_stat) {
+bool checkpoint_due(std::uint64_t n, LogStat&& log_stat, std::uint64_t interval) {
   if ((n & 63) != 0) return false;
   DB_LOG_STAT* st = nullptr;
   if (log_stat(&st) != 0 || !st) return true;
   const std::uint64_t since =
       std::uint64_t{st->st_wc_mbytes} * (std::uint64_t{1} << 20) + st->st_wc_bytes;
   std::free(st);  // malloc's (the library's environments set_alloc malloc; the benches' default)
-  return since >= checkpoint_log_bytes;
+  return since >= interval;
 }
 
 /// The cache an environment is made with: `wanted` (at least 1 MiB), at most an eighth of what
@@ -273,46 +270,56 @@ class environment {
     return true;
   }
 
-  /// Called after each committed write: asks the checkpoint thread for a checkpoint when
-  /// checkpoint_due() says so. Operations never checkpoint themselves: a checkpoint can hang
-  /// (see shutdown()).
-  void note_write() {
+  /// Called after each committed write: takes a checkpoint when checkpoint_due() says so (every
+  /// checkpoint_interval() of log, see bdb_space_guard.hpp), in the writing thread, before the
+  /// write returns. Not in a thread of the library's: a process that ended (_exit(), SIGKILL)
+  /// while that thread was still flushing what its last writes left died inside libdb holding
+  /// its mutexes, and every other process had to recover; done here, a process whose calls have
+  /// returned holds nothing. The cost: one write in many pauses to write the pages dirtied since
+  /// the last checkpoint (a few milliseconds on tmpfs), on the writer's core rather than another.
+  /// One thread of the process at a time; the others go on. A checkpoint that meets a page a
+  /// dead process latched waits until the watchdog declares the environment broken (then
+  /// DB_RUNRECOVERY, and this write, already committed, still returns).
+  void note_write() noexcept {
     const std::uint64_t n = writes_.fetch_add(1, std::memory_order_relaxed);
-    if (!checkpoint_due(n, [this](DB_LOG_STAT** st) {
-          return robust::call_guarded(env_, [&] { return env_->log_stat(env_, st, 0); });
-        }))
+    const std::uint64_t interval = space_.checkpoint_bytes();
+    if (!checkpoint_due(
+            n,
+            [this](DB_LOG_STAT** st) {
+              return robust::call_guarded(env_, [&] { return env_->log_stat(env_, st, 0); });
+            },
+            interval))
       return;
-    {
-      std::lock_guard<std::mutex> lock(checkpoints_->mutex);
-      checkpoints_->wanted = true;
-      // Not once the threads were stopped (at exit: see quiesce()).
-      if (!checkpoints_->stopping) start_checkpointer_locked();
-    }
-    checkpoints_->cv.notify_all();  // writers in make_room() wait on it too
+    checkpoint(static_cast<u_int32_t>(interval >> 10), 0);
   }
 
   /// The free space of the home's filesystem, as writes of this process see it.
   [[nodiscard]] space_guard& space() noexcept { return space_; }
 
-  /// For a write short of space: has the checkpoint thread take two checkpoints in a row, after
-  /// which libdb removes every log file but the last; waits for them at most 2 s (a checkpoint
-  /// can hang in an environment a dead process broke, see shutdown(), so the writer never takes
-  /// it itself).
-  void make_room() {
-    std::unique_lock<std::mutex> lock(checkpoints_->mutex);
-    if (checkpoints_->stopping) return;
-    const std::uint64_t target = checkpoints_->forced_done + 2;
-    if (checkpoints_->forced_wanted < target) checkpoints_->forced_wanted = target;
-    start_checkpointer_locked();
-    if (!checkpointer_.joinable()) return;
-    checkpoints_->cv.notify_all();
-    checkpoints_->cv.wait_for(lock, std::chrono::seconds(2), [&] {
-      return checkpoints_->forced_done >= target || checkpoints_->stopping || broken();
-    });
+  /// For a write short of space: two checkpoints in a row, after which libdb removes every log
+  /// file but the last.
+  void make_room() noexcept {
+    checkpoint(0, DB_FORCE);
+    checkpoint(0, DB_FORCE);
     space_.measure_again();
   }
 
  private:
+  /// DB_ENV->txn_checkpoint in the calling thread (see note_write), unless another thread of
+  /// this process is taking one.
+  void checkpoint(u_int32_t kbytes, u_int32_t flags) noexcept {
+    if (checkpointing_.exchange(true, std::memory_order_acquire)) return;
+    // A checkpoint meets pages that writers latched for a moment: short sleeps (robust_guard.hpp).
+    const bool quick = robust::quick_yields;
+    robust::quick_yields = true;
+    const int rc =
+        robust::call_guarded(env_, [&] { return env_->txn_checkpoint(env_, kbytes, 0, flags); });
+    robust::quick_yields = quick;
+    checkpointing_.store(false, std::memory_order_release);
+    if (rc == 0) stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
+    if (rc == DB_RUNRECOVERY) abort_waits();
+  }
+
   void configure(const bsddb::options& o, bool remove_logs) {
     // Memory that libdb hands to the library (DB_DBT_MALLOC and DB_DBT_REALLOC records) is
     // malloc's, freed with free(), never the environment's arena.
@@ -343,52 +350,33 @@ class environment {
     if (rc != 0) raise(origin, rc);
   }
 
-  /// The checkpoint thread: a checkpoint (if at least 1 MiB of log was written since the last)
-  /// whenever one is asked for, and a last full one at close for persistent homes. Never in a
-  /// broken environment.
+  /// The checkpoint thread: the last checkpoint of a persistent home at close (see
+  /// stop_checkpoints). A thread of its own because it can hang in an environment that a dead
+  /// process broke (see shutdown()), and closing must not. Never in a broken environment.
   static void checkpoint_loop(std::shared_ptr<checkpoint_state> state, DB_ENV* env) {
     block_signals_in_this_thread();
     robust::quick_yields = true;
     std::unique_lock<std::mutex> lock(state->mutex);
-    for (;;) {
-      state->cv.wait(lock, [&] {
-        return state->stopping || state->wanted || state->forced_wanted > state->forced_done;
-      });
-      const bool last = state->stopping;
-      const bool forced = !last && state->forced_wanted > state->forced_done;
-      const bool run = (last ? state->final : state->wanted || forced) && !state->broken.load();
-      state->wanted = false;
-      if (run) {
-        state->inside = true;
-        lock.unlock();
-        const int rc = [&] {
-          library_work working;
-          return robust::call_guarded(env, [&] {
-            return env->txn_checkpoint(env, last || forced ? 0 : checkpoint_log_bytes >> 10, 0,
-                                       forced ? DB_FORCE : 0);
-          });
-        }();
-        if (rc == 0) stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
-        if (rc == DB_RUNRECOVERY) state->abort_waits();
-        lock.lock();
-        state->inside = false;
-      }
-      if (forced) {
-        // Counted even when it failed or did not run: the writer waiting for it goes on.
-        state->forced_done = run ? state->forced_done + 1 : state->forced_wanted;
-        state->cv.notify_all();
-      }
-      if (last) {
-        state->exited = true;
-        if (state->release_on_exit) state->release(env);
-        state->cv.notify_all();
-        return;
-      }
+    state->cv.wait(lock, [&] { return state->stopping; });
+    if (state->final && !state->broken.load()) {
+      state->inside = true;
+      lock.unlock();
+      const int rc = [&] {
+        library_work working;
+        return robust::call_guarded(env, [&] { return env->txn_checkpoint(env, 0, 0, 0); });
+      }();
+      if (rc == 0) stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
+      if (rc == DB_RUNRECOVERY) state->abort_waits();
+      lock.lock();
+      state->inside = false;
     }
+    state->exited = true;
+    if (state->release_on_exit) state->release(env);
+    state->cv.notify_all();
   }
 
-  /// The checkpoint thread starts with the first checkpoint asked for (a process that writes
-  /// little never has one); called with checkpoints_->mutex held.
+  /// The checkpoint thread starts at close, for the last checkpoint; called with
+  /// checkpoints_->mutex held.
   void start_checkpointer_locked() noexcept {
     if (checkpointer_.joinable()) return;
     try {
@@ -509,6 +497,7 @@ class environment {
   std::uint64_t epoch_;
   std::uint32_t envid_ = 0;
   std::atomic<std::uint64_t> writes_{0};
+  std::atomic<bool> checkpointing_{false};
   std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();
   std::atomic<int> inflight_{0};
   std::atomic<std::uint64_t> completed_{0};

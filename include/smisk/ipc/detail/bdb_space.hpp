@@ -1,5 +1,5 @@
-// smisk-ipc: what a write does in a home short of space (see bdb_space_guard.hpp): the checks
-// before and after it, the credit that erases give.
+// smisk-ipc: what one write does in a home short of space (see bdb_space_guard.hpp): the checks
+// before and inside its transaction, the credit it takes and the credit its erases give.
 // SPDX-License-Identifier: MIT
 #pragma once
 
@@ -31,73 +31,113 @@ inline std::uint64_t database_bytes(database& d) {
   return (std::uint64_t{last_page(d)} + 1) * page_size;
 }
 
-/// Whether the home's filesystem has room for DB->truncate's log: about every page of the
-/// database (the pages it knows of, written or not, so rather more).
-inline bool truncate_fits(database& d) {
-  using verdict = space_guard::verdict;
-  return d.env().space().check(database_bytes(d), space_guard::kind::shrinks) == verdict::plenty;
+/// What a write of a key and a value may add to the home: its log records (with the old value
+/// an overwrite replaces) and its pages.
+inline space_need write_need(std::uint64_t key, std::uint64_t value,
+                             std::uint64_t old_value = 0) noexcept {
+  const std::uint64_t bytes = key + value;
+  return {(bytes + old_value) + (bytes + old_value) / 8 + 512, bytes + bytes / 8};
 }
 
-/// Erases a key in `txn`. In a home short of space, the bytes it frees become credit for writes
-/// (see detail/bdb_space_guard.hpp): its value's size is read first, without copying it.
-inline int erase_counted(database& d, DB_TXN* txn, DBT& k) {
+/// What erasing a key and its value may add to the home: the log of every page it frees.
+inline space_need erase_need(std::uint64_t key, std::uint64_t value) noexcept {
+  return {key + space_guard::erase_room(value), 0};
+}
+
+/// The size of the value stored under `k`, read in `txn` (with DB_RMW: the write that follows
+/// holds the lock anyway) without copying it. @returns 0, DB_NOTFOUND or libdb's error.
+inline int stored_size(database& d, DB_TXN* txn, DBT& k, std::uint64_t& size) {
   DB* db = d.handle();
-  space_guard& space = d.env().space();
-  std::uint64_t freed = 0;
-  if (space.counting()) {
-    DBT v;
-    std::memset(&v, 0, sizeof v);
-    v.flags = DB_DBT_USERMEM;  // ulen 0: DB_BUFFER_SMALL, with the size
-    const int rc = guarded(d, [&] { return db->get(db, txn, &k, &v, DB_RMW); });
-    if (rc != 0 && rc != DB_BUFFER_SMALL) return rc;
-    freed = std::uint64_t{k.size} + v.size;
-  }
-  const int rc = guarded(d, [&] { return db->del(db, txn, &k, 0); });
-  if (rc == 0 && freed != 0) space.add_credit(freed);
-  return rc;
-}
-
-/// In a tight home: takes `bytes` of credit for a write, or explains why it is refused.
-inline bool take_credit(database& d, std::uint64_t bytes) {
-  if (d.env().space().take_credit(bytes)) return true;
-  d.env().space().explain();
-  return false;
-}
-
-/// What a write of a key and a value may add to the home: its log record (the old value too,
-/// for an overwrite or an erase) and its page.
-inline std::uint64_t space_cost(std::size_t key, std::size_t value) noexcept {
-  return 3 * (std::uint64_t{key} + value) + 512;
-}
-
-/// Before a write's transaction: whether the home's filesystem has room for it (see
-/// detail/bdb_space_guard.hpp). @returns 0, or ENOSPC (run() raises size_error) once a forced
-/// round of checkpoints freed too little. `tight`: the write may run only if it does not make
-/// the database file longer.
-inline int make_space(database& d, std::uint64_t cost, space_guard::kind kind, bool& tight) {
-  using verdict = space_guard::verdict;
-  environment& env = d.env();
-  verdict v = env.space().check(cost, kind);
-  // Short of space: first the log files that checkpoints can free (often most of it). Always
-  // for an erase or a clear: they are how space is freed.
-  if ((v == verdict::full && kind == space_guard::kind::shrinks) ||
-      (v != verdict::plenty && env.space().room_may_help())) {
-    env.make_room();
-    v = env.space().check(cost, kind);
-  }
-  if (v == verdict::full) {
-    env.space().explain();
-    return ENOSPC;
-  }
-  tight = v == verdict::tight;
+  DBT v;
+  std::memset(&v, 0, sizeof v);
+  v.flags = DB_DBT_USERMEM;  // ulen 0: DB_BUFFER_SMALL, with the size
+  const int rc = guarded(d, [&] { return db->get(db, txn, &k, &v, DB_RMW); });
+  if (rc != 0 && rc != DB_BUFFER_SMALL) return rc;
+  size = v.size;
   return 0;
 }
 
-/// In a tight home: whether the write made the database file longer (then it is refused).
-inline bool grew(database& d, db_pgno_t before) {
-  if (last_page(d) <= before) return false;
-  d.env().space().explain();
-  return true;
-}
+/// One attempt of one write and the space guard: reserve() before the transaction, confirm()
+/// inside it once the sizes are known (in a tight home), grew() before the commit, settle()
+/// after it. Credit taken is given back if the attempt fails (not if its commit is in doubt:
+/// it may have landed); credit from erases is given only once the commit succeeded.
+class space_use {
+ public:
+  using kind = space_guard::kind;
+  using verdict = space_guard::verdict;
+
+  space_use(database& d, kind k) noexcept : d_(d), guard_(d.env().space()), kind_(k) {}
+
+  /// Room for what the write needs; in a home short of space, checkpoints first free what log
+  /// files they can (at most every 50 ms for writes; always for erases and clears, which are how
+  /// space is freed). @returns 0, or ENOSPC (run() raises size_error).
+  int reserve(space_need need) {
+    verdict v = guard_.check(need, kind_);
+    if (v != verdict::plenty &&
+        ((v == verdict::full && kind_ == kind::shrinks) || guard_.room_may_help())) {
+      d_.env().make_room();
+      v = guard_.check(need, kind_);
+    }
+    if (v == verdict::full) return refuse(space_guard::refusal::no_room);
+    tight_ = v == verdict::tight;
+    if (tight_ && kind_ == kind::grows) pages_ = last_page(d_);
+    return 0;
+  }
+
+  /// Whether the home is short of space: confirm() and grew() apply.
+  [[nodiscard]] bool tight() const noexcept { return tight_; }
+  /// Whether erases should count what they free (see space_guard::counting).
+  [[nodiscard]] bool counting() const noexcept { return tight_ || guard_.counting(); }
+
+  /// In a tight home, once the sizes are known: room for `need`, and `credit` bytes of
+  /// credit for what the write adds. @returns 0 or ENOSPC.
+  int confirm(space_need need, std::uint64_t credit) {
+    if (!tight_) return 0;
+    verdict v = guard_.check(need, kind_);
+    if (v == verdict::full && kind_ == kind::shrinks) {
+      d_.env().make_room();
+      v = guard_.check(need, kind_);
+    }
+    if (v == verdict::full) return refuse(space_guard::refusal::no_room);
+    if (credit > taken_) {
+      if (!guard_.take_credit(credit - taken_)) return refuse(space_guard::refusal::no_credit);
+      taken_ = credit;
+    }
+    return 0;
+  }
+
+  /// In a tight home, before the commit: ENOSPC if the write made the database file longer.
+  int grew() {
+    if (!tight_ || kind_ != kind::grows || last_page(d_) <= pages_) return 0;
+    return refuse(space_guard::refusal::grew);
+  }
+
+  /// An erase of the attempt freed `bytes` inside the database file.
+  void freed(std::uint64_t bytes) noexcept { freed_ += bytes; }
+
+  /// After the attempt, with what it returned.
+  void settle(int rc) noexcept {
+    if (rc == 0) {
+      if (freed_ != 0) guard_.add_credit(freed_);
+    } else if (rc != DB_RUNRECOVERY && taken_ != 0) {
+      guard_.add_credit(taken_);  // given back
+    }
+    taken_ = freed_ = 0;
+  }
+
+ private:
+  int refuse(space_guard::refusal why) {
+    guard_.explain(why);
+    return ENOSPC;
+  }
+
+  database& d_;
+  space_guard& guard_;
+  kind kind_;
+  bool tight_ = false;
+  db_pgno_t pages_ = 0;
+  std::uint64_t taken_ = 0;
+  std::uint64_t freed_ = 0;
+};
 
 }  // namespace smisk::ipc::detail::bdb

@@ -13,13 +13,14 @@
 // written, with reserves; a write that does not fit fails alone with size_error,
 // before libdb runs, and nothing stored is touched. Three levels (see docs/full-home.md):
 //   plenty  more than space_reserve_growth left after the write: it runs unchecked;
-//   tight   less, but space_reserve_log left: a write runs only on credit, the bytes that erases
-//           freed inside the database files since the home became tight (counted in
-//           <home>/smisk-ipc.space, shared by its processes), and commits only if it did not
-//           make the database file longer; an update that does not make its value longer needs
-//           no credit;
+//   tight   less, but space_reserve_log left: a write that adds bytes (a new key, a longer
+//           value) runs only on credit, the bytes that erases freed inside the database files
+//           since the home came near to tight (counted in <home>/smisk-ipc.space, shared by its
+//           processes), and commits only if it did not make the database file longer; one that
+//           does not add bytes (a counter) needs no credit. Its cost is measured again with the
+//           real sizes once the old value is known;
 //   full    less: writes fail; erases and clears may go down to space_floor, so that space can
-//           always be freed.
+//           be freed.
 // Erased pages are not given back to the filesystem (Berkeley DB reuses them), so without the
 // credit a home filled to the brim could never take a write again after erases.
 // Measuring costs a statvfs and a stat per file of the home, so a process measures again only
@@ -96,6 +97,31 @@ inline bool read_space(const std::string& home, space_reading& out) noexcept {
   return true;
 }
 
+/// The log written between two checkpoints in a home where `usable` bytes are free: a 64th of
+/// it, from 1 MiB to 16 MiB. Writers take the checkpoints themselves (environment::note_write),
+/// and a checkpoint writes every page dirtied since the last: the longer the interval, the more
+/// often a page is written once for many writes (16 MiB instead of 1 MiB: 0.90 instead of 0.69
+/// of raw Berkeley DB's sets with a background checkpoint thread, bench/compare). Small homes
+/// keep little log.
+inline std::uint64_t checkpoint_interval(std::uint64_t usable) noexcept {
+  constexpr std::uint64_t least = std::uint64_t{1} << 20, most = std::uint64_t{16} << 20;
+  const std::uint64_t interval = usable / 64;
+  return interval < least ? least : interval > most ? most : interval;
+}
+
+/// checkpoint_interval() for the home at `home` as it is now (bench/ uses it).
+inline std::uint64_t checkpoint_interval_of(const std::string& home) noexcept {
+  space_reading r;
+  return checkpoint_interval(read_space(home, r) ? r.usable() : 0);
+}
+
+/// What an operation may add to a home: log (removed at the next checkpoints) and pages (which
+/// stay).
+struct space_need {
+  std::uint64_t log = 0;
+  std::uint64_t pages = 0;
+};
+
 /// One environment's view of its home's free space (see the top of this file).
 class space_guard {
  public:
@@ -108,41 +134,79 @@ class space_guard {
 
   space_guard(std::string home, unsigned mode) : home_(std::move(home)), mode_(mode) {}
   ~space_guard() {
-    if (credit_) ::munmap(static_cast<void*>(credit_), sizeof(std::int64_t));
+    if (shared_) ::munmap(static_cast<void*>(shared_), sizeof(shared_state));
   }
   space_guard(const space_guard&) = delete;
   space_guard& operator=(const space_guard&) = delete;
 
-  /// Before an operation that logs about `cost` bytes.
-  verdict check(std::uint64_t cost, kind k) noexcept {
-    const auto signed_cost = static_cast<std::int64_t>(cost);
+  /// Before an operation that writes `need.log` bytes of log and may take `need.pages` bytes of
+  /// new pages.
+  verdict check(space_need need, kind k) noexcept {
+    const auto signed_cost = static_cast<std::int64_t>(need.log + need.pages);
     if (budget_.fetch_sub(signed_cost, std::memory_order_relaxed) - signed_cost >= 0)
       return verdict::plenty;
     std::lock_guard<std::mutex> lock(mutex_);
     space_reading r;
     if (!read_space(home_, r)) {
-      budget_.store(0, std::memory_order_relaxed);
+      // Cannot tell (statvfs failed): writes go through, and libdb reports what happens.
+      budget_.store(std::int64_t{1} << 40, std::memory_order_relaxed);
       return verdict::plenty;
     }
     last_ = r;
     const std::uint64_t usable = r.usable();
+    interval_.store(checkpoint_interval(usable), std::memory_order_relaxed);
+    map_shared_locked();
+    if (shared_) {
+      // Another process may have stored a larger value.
+      const std::uint64_t largest = shared_->largest.load(std::memory_order_relaxed);
+      if (largest > largest_local_.load(std::memory_order_relaxed))
+        largest_local_.store(largest, std::memory_order_relaxed);
+    }
+    // Writes keep room to erase the largest value ever stored: that logs all of it, in one
+    // transaction. A write's own log is removed at the next checkpoints, its pages stay.
+    const std::uint64_t extra = erase_room(largest_local_.load(std::memory_order_relaxed));
+    const std::uint64_t transient = extra > need.log ? extra : need.log;
     // Erases count what they free from a little before the home gets tight (so that the
     // credit is there when it does); well clear of it, the credit is dropped (the pages erased
     // before are reused by the writes that the plenty level lets through).
-    const bool near = usable < 2 * space_reserve_growth;
+    const bool near = usable < 2 * space_reserve_growth + extra;
     counting_.store(near, std::memory_order_relaxed);
-    if (near)
-      map_credit_locked();
-    else if (credit_)
-      credit_->store(0, std::memory_order_relaxed);
-    if (usable >= space_reserve_growth + cost) {
-      budget_.store(static_cast<std::int64_t>((usable - space_reserve_growth) / 64),
+    if (shared_ && !near) shared_->credit.store(0, std::memory_order_relaxed);
+    if (usable >= space_reserve_growth + transient + need.pages) {
+      budget_.store(static_cast<std::int64_t>((usable - space_reserve_growth - extra) / 64),
                     std::memory_order_relaxed);
       return verdict::plenty;
     }
     budget_.store(0, std::memory_order_relaxed);
-    if (k == kind::shrinks) return usable >= space_floor + cost ? verdict::tight : verdict::full;
-    return usable >= space_reserve_log + cost ? verdict::tight : verdict::full;
+    if (k == kind::shrinks)
+      return usable >= space_floor + need.log ? verdict::tight : verdict::full;
+    return usable >= space_reserve_log + transient ? verdict::tight : verdict::full;
+  }
+
+  /// What erasing a value of `size` bytes logs: every page it frees.
+  static std::uint64_t erase_room(std::uint64_t size) noexcept { return size + size / 8 + 4096; }
+
+  /// A write stores a value of `size` bytes: the largest one ever stored in the home sets how
+  /// much room writes leave for erasing it (shared by the home's processes).
+  void note_value(std::uint64_t size) noexcept {
+    if (size <= largest_local_.load(std::memory_order_relaxed)) return;
+    std::lock_guard<std::mutex> lock(mutex_);
+    map_shared_locked();
+    if (shared_) {
+      std::uint64_t have = shared_->largest.load(std::memory_order_relaxed);
+      while (have < size &&
+             !shared_->largest.compare_exchange_weak(have, size, std::memory_order_relaxed)) {
+      }
+      if (have > size) size = have;
+    }
+    if (size > largest_local_.load(std::memory_order_relaxed))
+      largest_local_.store(size, std::memory_order_relaxed);
+    budget_.store(0, std::memory_order_relaxed);  // measure again with the new reserve
+  }
+
+  /// The log volume between checkpoints (checkpoint_interval) at the last measurement.
+  [[nodiscard]] std::uint64_t checkpoint_bytes() const noexcept {
+    return interval_.load(std::memory_order_relaxed);
   }
 
   /// Whether the home was short of space, or close to it, at the last measurement: erases then
@@ -151,13 +215,14 @@ class space_guard {
 
   /// An erase in a tight home freed `bytes` inside a database file.
   void add_credit(std::uint64_t bytes) noexcept {
-    if (std::atomic<std::int64_t>* c = credit())
-      c->fetch_add(static_cast<std::int64_t>(bytes), std::memory_order_relaxed);
+    if (shared_state* sh = shared())
+      sh->credit.fetch_add(static_cast<std::int64_t>(bytes), std::memory_order_relaxed);
   }
   /// A write in a tight home takes `bytes` of credit. @returns false if there is not that much.
   bool take_credit(std::uint64_t bytes) noexcept {
-    std::atomic<std::int64_t>* c = credit();
-    if (!c) return false;
+    shared_state* sh = shared();
+    if (!sh) return false;
+    std::atomic<std::int64_t>* c = &sh->credit;
     const auto want = static_cast<std::int64_t>(bytes);
     std::int64_t have = c->load(std::memory_order_relaxed);
     while (have >= want)
@@ -167,6 +232,13 @@ class space_guard {
 
   /// Makes the next check measure again (after space may have been freed).
   void measure_again() noexcept { budget_.store(0, std::memory_order_relaxed); }
+
+  /// Whether an operation that logs `bytes` at once (a DB->truncate) leaves the reserve for
+  /// growth free; measures afresh and leaves the budget of writes alone.
+  bool has_room_for(std::uint64_t bytes) noexcept {
+    space_reading r;
+    return !read_space(home_, r) || r.usable() >= space_reserve_growth + bytes;
+  }
 
   /// Whether a write short of space should have checkpoints free log files first: at most every
   /// 50 ms per environment, so that writes in a full home fail fast rather than each waiting
@@ -180,31 +252,62 @@ class space_guard {
     return now - last >= interval && last_room_.compare_exchange_strong(last, now);
   }
 
+  /// Why a write was refused.
+  enum class refusal {
+    no_room,    ///< below the reserve of its kind
+    no_credit,  ///< tight, and erases freed too little for it
+    grew,       ///< tight, and it made the database file longer
+  };
+
   /// Sets space_message() for a refused write: what was left and what to do.
-  void explain() {
+  void explain(refusal why) {
     std::lock_guard<std::mutex> lock(mutex_);
     const auto mb = [](std::uint64_t bytes) {
       return std::to_string(bytes >> 20) + "." + std::to_string(((bytes & 0xfffff) * 10) >> 20);
     };
-    space_message() = "the filesystem of the home " + home_ + " is full (" + mb(last_.free) +
-                      " MB free, of which libdb's region and log files will still take " +
-                      mb(last_.debt) + " MB; the library keeps " + mb(space_reserve_growth) +
-                      " MB free for its logs and checkpoints). Free space (erase entries, clear() "
-                      "a dict, remove files), give the container a larger /dev/shm (docker run "
-                      "--shm-size=256m) or put the home on a disk (options::homedir). Nothing "
-                      "stored was changed";
+    std::string what = "the filesystem of the home " + home_ + " is full (" + mb(last_.free) +
+                       " MB free, of which libdb's region and log files will still take " +
+                       mb(last_.debt) + " MB";
+    switch (why) {
+      case refusal::no_room:
+        what += "; the library keeps " + mb(space_reserve_log) + " MB free for its logs, " +
+                mb(space_floor) + " MB for erases";
+        break;
+      case refusal::no_credit:
+        what += "; below " + mb(space_reserve_growth) +
+                " MB, a write that may need new pages is let through only for the room that "
+                "erases freed, and they freed too little for it";
+        break;
+      case refusal::grew:
+        what += "; below " + mb(space_reserve_growth) +
+                " MB, a write that needs new pages in the database file is refused";
+        break;
+    }
+    space_message() = what +
+                      "). Free space (erase entries, clear() a dict, remove files), give the "
+                      "container a larger /dev/shm (docker run --shm-size=256m) or put the home "
+                      "on a disk (options::homedir). The refused write changed nothing";
   }
 
  private:
-  std::atomic<std::int64_t>* credit() noexcept {
-    return credit_ready_.load(std::memory_order_acquire) ? credit_ : nullptr;
+  /// What the processes of a home share, in <home>/smisk-ipc.space: lock-free atomics, which
+  /// have the layout of their integer and work across processes.
+  struct shared_state {
+    std::atomic<std::int64_t> credit;    // bytes erases freed inside the database files
+    std::atomic<std::uint64_t> largest;  // the largest value ever stored
+  };
+  static_assert(std::atomic<std::int64_t>::is_always_lock_free &&
+                std::atomic<std::uint64_t>::is_always_lock_free);
+
+  shared_state* shared() noexcept {
+    return shared_ready_.load(std::memory_order_acquire) ? shared_ : nullptr;
   }
 
-  /// Maps <home>/smisk-ipc.space (made if missing), once; without it there is no credit (writes
-  /// in a tight home are refused). Called with mutex_ held.
-  void map_credit_locked() noexcept {
-    if (credit_ || credit_failed_) return;
-    credit_failed_ = true;
+  /// Maps <home>/smisk-ipc.space (made if missing), once; tried again at the next measurement if
+  /// it fails (then there is no credit, and writes in a tight home are refused). Called with
+  /// mutex_ held.
+  void map_shared_locked() noexcept {
+    if (shared_) return;
     const std::string path = home_ + "/" + space_file_name;
     const int fd =
         ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, static_cast<mode_t>(mode_));
@@ -212,28 +315,26 @@ class space_guard {
     struct stat st {};
     void* p = MAP_FAILED;
     if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
-        (st.st_size >= static_cast<off_t>(sizeof(std::int64_t)) ||
-         ::ftruncate(fd, sizeof(std::int64_t)) == 0))
-      p = ::mmap(nullptr, sizeof(std::int64_t), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+        (st.st_size >= static_cast<off_t>(sizeof(shared_state)) ||
+         ::ftruncate(fd, sizeof(shared_state)) == 0))
+      p = ::mmap(nullptr, sizeof(shared_state), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     ::close(fd);
     if (p == MAP_FAILED) return;
-    // A lock-free 64-bit atomic has the layout of the integer and works across processes.
-    static_assert(std::atomic<std::int64_t>::is_always_lock_free);
-    credit_ = static_cast<std::atomic<std::int64_t>*>(p);
-    credit_failed_ = false;
-    credit_ready_.store(true, std::memory_order_release);
+    shared_ = static_cast<shared_state*>(p);  // zero-filled when new: no credit, no value
+    shared_ready_.store(true, std::memory_order_release);
   }
 
   std::string home_;
   unsigned mode_;
   std::atomic<std::int64_t> budget_{0};
   std::atomic<bool> counting_{false};
+  std::atomic<std::uint64_t> interval_{std::uint64_t{1} << 20};
   std::atomic<std::chrono::steady_clock::rep> last_room_{0};
   std::mutex mutex_;
-  space_reading last_;                           // under mutex_
-  std::atomic<std::int64_t>* credit_ = nullptr;  // set once, under mutex_
-  std::atomic<bool> credit_ready_{false};
-  bool credit_failed_ = false;  // under mutex_
+  space_reading last_;              // under mutex_
+  shared_state* shared_ = nullptr;  // set once, under mutex_
+  std::atomic<bool> shared_ready_{false};
+  std::atomic<std::uint64_t> largest_local_{0};  // this process's view of shared_->largest
 };
 
 /// The number of the last page of a database, as Berkeley DB's cache knows it (pages it made
