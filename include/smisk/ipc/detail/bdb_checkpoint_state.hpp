@@ -19,8 +19,9 @@
 
 namespace smisk::ipc::detail::bdb {
 
-/// What an environment shares with its checkpoint thread. The thread co-owns it, so that an
-/// environment abandoned while the thread is stuck (see environment::shutdown) leaves it valid.
+/// What an environment shares with its library threads (the watchdog, the thread of the last
+/// checkpoint at close). The checkpoint thread co-owns it, so that an environment abandoned while
+/// that thread is stuck (see environment::shutdown) leaves it valid.
 struct checkpoint_state {
   std::mutex mutex;
   std::condition_variable cv;

@@ -30,8 +30,8 @@ namespace smisk::ipc::detail::robust {
 // SIGBUS goes to the handler that was installed before, or gets the default action.
 
 inline thread_local sigjmp_buf* detect_escape = nullptr;
-/// Set by the library's checkpoint thread: libdb's whole-second polling sleeps (see
-/// smisk_ipc_robust_os_yield) become 10 ms there. A checkpoint meets pages that writers have
+/// Set while a thread takes a checkpoint (a writer's, or the last one at close): libdb's
+/// whole-second polling sleeps (see smisk_ipc_robust_os_yield) become 10 ms there. A checkpoint meets pages that writers have
 /// latched for a moment, and a second per encounter made checkpoints, and a close waiting for
 /// one, a second late.
 inline thread_local bool quick_yields = false;
