@@ -57,14 +57,14 @@ constexpr auto kWallLimit = 480s;  // under the ctest TIMEOUT of 600 s, with roo
 #endif
 /// If no new environment is opened for this long, the loop stops and the test fails.
 constexpr auto kStallLimit = 30s;
-/// Recoveries lived through before the first sample: by then every lazily made thing (the
-/// checkpoint thread, libdb's and the allocator's caches, buffers of the test) exists.
+/// Recoveries lived through before the first sample: by then every lazily made thing (libdb's
+/// and the allocator's caches, buffers of the test) exists.
 constexpr std::uint64_t kWarmup = 20;
 
 // The bounds, between the sample after kWarmup recoveries and the end. A leak of one descriptor
 // or one mapping per recovery exceeds them within a few dozen recoveries; what they allow is
-// noise: a thread of the library that is between two environments, a checkpoint thread started
-// late, the allocator's arenas growing with the work.
+// noise: a thread of the library that is between two environments, the allocator's arenas
+// growing with the work.
 constexpr long kMaxFdGrowth = 8;
 constexpr long kMaxMapGrowth = 16;
 constexpr long kMaxThreadGrowth = 2;

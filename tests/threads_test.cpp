@@ -147,8 +147,8 @@ TEST(threads, one_copied_handle_shared_by_many_threads) {
 
 TEST(threads, threads_open_use_and_close_dicts_of_one_home_at_once) {
   // The process-wide parts under concurrency: the registry (handles of two databases opened and
-  // dropped by many threads at once), the engine shared by them, the watchdog and the
-  // checkpoint thread (enough writes to ask for checkpoints), sync() and enumeration.
+  // dropped by many threads at once), the engine shared by them, the watchdog, the checkpoints
+  // that writes take (enough writes for several, one thread at a time), sync() and enumeration.
   constexpr int kThreads = 6;
   constexpr int kRounds = 40;
   constexpr int kOpsPerRound = 60;

@@ -205,7 +205,7 @@ class backend {
         rc = txn.begin_error();
         if (rc == 0) rc = modify_once(d, txn, k, step, current_value, out, space, ticket);
       }
-      space.settle(rc);
+      space.settle(rc, ticket.in_doubt);
       return rc;
     };
     unsigned attempts = 0;
@@ -254,9 +254,10 @@ class backend {
   /// Whether there are no records.
   [[nodiscard]] bool empty() const { return walk(true) == 0; }
 
-  /// Removes every record in one transaction (DB->truncate), then gives the free pages back to
-  /// the filesystem (DB->compact with DB_FREE_SPACE, in transactions of its own): a cleared dict
-  /// in a full home takes as much again.
+  /// Removes every record in one transaction (DB->truncate). In a home short of space, then
+  /// gives the free pages at the end of the file back to the filesystem (DB->compact with
+  /// DB_FREE_SPACE, in transactions of its own), and the ones that stay become credit for writes
+  /// (see detail/bdb_space_guard.hpp).
   ///
   /// DB->truncate logs every page it frees, all in one transaction, whose log cannot be removed
   /// before it ends. When the home's filesystem has no room for that much log, the records are
@@ -280,8 +281,6 @@ class backend {
       while (erase_batch() == 0) {
       }
     }
-    // Short of space: the free pages at the end of the file go back to the filesystem, and the
-    // ones that stay (a hash table keeps its buckets) are credit for new writes.
     run("DB->compact", [&](detail::bdb::database& d) {
       detail::bdb::space_use space(d, space_kind::shrinks);
       if (const int full = space.reserve(detail::bdb::erase_need(0, 4096))) return full;
@@ -293,8 +292,9 @@ class backend {
                                    nullptr);
       });
       d.env().space().measure_again();
-      if (rc == 0) space.freed(detail::bdb::database_bytes(d));
-      space.settle(rc);
+      // After batches, their erases credited the pages already.
+      if (rc == 0 && whole) space.freed(detail::bdb::database_bytes(d));
+      space.settle(rc, false);
       return rc;
     });
   }
@@ -519,7 +519,6 @@ class backend {
     return write_transaction(
         origin, detail::bdb::write_need(key.size(), value.size()), space_kind::grows,
         [&](detail::bdb::database& d, DB_TXN* txn, detail::bdb::space_use& space) {
-          d.env().space().note_value(value.size());
           if (space.tight()) {
             // The old value's size: what the overwrite logs, and what it frees.
             std::uint64_t old = 0;
@@ -571,7 +570,6 @@ class backend {
     }
     if (action == modify_action::keep) return txn.commit();
     if (action == modify_action::store) {
-      d.env().space().note_value(out.size());
       const std::uint64_t before = exists ? k.size + old.size() : 0;
       const std::uint64_t after = std::uint64_t{k.size} + out.size();
       rc = space.confirm(detail::bdb::write_need(k.size, out.size(), old.size()),
@@ -667,7 +665,7 @@ class backend {
             if (rc == 0) rc = space.grew();  // aborted
             if (rc == 0) rc = commit(d, txn, ticket);
           }
-          space.settle(rc);
+          space.settle(rc, ticket.in_doubt);
           return rc;
         },
         &ticket);

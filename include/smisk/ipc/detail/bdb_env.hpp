@@ -290,32 +290,47 @@ class environment {
             },
             interval))
       return;
-    checkpoint(static_cast<u_int32_t>(interval >> 10), 0);
+    checkpoint(static_cast<u_int32_t>(interval >> 10), 0, false);
   }
 
   /// The free space of the home's filesystem, as writes of this process see it.
   [[nodiscard]] space_guard& space() noexcept { return space_; }
 
-  /// For a write short of space: two checkpoints in a row, after which libdb removes every log
-  /// file but the last.
+  /// For a write short of space: two checkpoints in a row, after which libdb removes the log
+  /// files that no open transaction still needs (all but the last when none is open). Waits for
+  /// a checkpoint another thread or process is taking (another process's at most 2 s, see
+  /// checkpoint()).
   void make_room() noexcept {
-    checkpoint(0, DB_FORCE);
-    checkpoint(0, DB_FORCE);
+    checkpoint(0, DB_FORCE, true);
+    checkpoint(0, DB_FORCE, true);
     space_.measure_again();
   }
 
  private:
-  /// DB_ENV->txn_checkpoint in the calling thread (see note_write), unless another thread of
-  /// this process is taking one.
-  void checkpoint(u_int32_t kbytes, u_int32_t flags) noexcept {
-    if (checkpointing_.exchange(true, std::memory_order_acquire)) return;
-    // A checkpoint meets pages that writers latched for a moment: short sleeps (robust_guard.hpp).
+  /// DB_ENV->txn_checkpoint in the calling thread (see note_write). One thread of this process
+  /// at a time (`wait`: after the one taking it; else not at all), and one process of the home
+  /// at a time (space_guard::begin_checkpoint): libdb holds its checkpoint mutex for the whole
+  /// page flush, so a process stopped (SIGSTOP) inside its checkpoint would otherwise hold up
+  /// every writer of the home whose checkpoint fell due. Never in a broken environment.
+  void checkpoint(u_int32_t kbytes, u_int32_t flags, bool wait) noexcept {
+    std::unique_lock<std::mutex> one(checkpoint_mutex_, std::defer_lock);
+    if (wait)
+      one.lock();
+    else if (!one.try_lock())
+      return;
+    if (broken() || !space_.begin_checkpoint(wait)) return;
+    checkpointing_.store(true, std::memory_order_seq_cst);
+    // A checkpoint meets pages that writers latched for a moment: short sleeps, counted for the
+    // watchdog (robust_guard.hpp).
     const bool quick = robust::quick_yields;
     robust::quick_yields = true;
+    robust::quick_yield_count = &checkpoint_yields_;
     const int rc =
         robust::call_guarded(env_, [&] { return env_->txn_checkpoint(env_, kbytes, 0, flags); });
+    robust::quick_yield_count = nullptr;
     robust::quick_yields = quick;
-    checkpointing_.store(false, std::memory_order_release);
+    checkpointing_.store(false, std::memory_order_seq_cst);
+    space_.end_checkpoint();
     if (rc == 0) stats().checkpoints.fetch_add(1, std::memory_order_relaxed);
     if (rc == DB_RUNRECOVERY) abort_waits();
   }
@@ -449,6 +464,7 @@ class environment {
   /// dead process's transactions and frees its locks, so that waiters go on.
   void watch() {
     std::uint64_t last_completed = 0;
+    std::uint64_t last_yields = 0;
     int idle_ticks = 0;
     int stuck_ticks = 0;
     std::unique_lock<std::mutex> lock(watch_mutex_);
@@ -463,6 +479,12 @@ class environment {
       std::uint64_t done = completed_.load(std::memory_order_relaxed);
       bool stuck = inflight_.load(std::memory_order_relaxed) > 0 && done == last_completed;
       last_completed = done;
+      // A write taking a checkpoint (which can take long: a home on a disk, fsync) is stuck only
+      // if the checkpoint sleeps, waiting for a latched page; writing pages is progress.
+      const std::uint64_t yields = checkpoint_yields_.load(std::memory_order_relaxed);
+      if (stuck && checkpointing_.load(std::memory_order_seq_cst) && yields == last_yields)
+        stuck = false;
+      last_yields = yields;
       stuck_ticks = stuck ? stuck_ticks + 1 : 0;
       if (!stuck) checkpoints_->dead_seen.store(false, std::memory_order_relaxed);
       if (!stuck && ++idle_ticks < failchk_every_ticks) continue;
@@ -497,7 +519,9 @@ class environment {
   std::uint64_t epoch_;
   std::uint32_t envid_ = 0;
   std::atomic<std::uint64_t> writes_{0};
-  std::atomic<bool> checkpointing_{false};
+  std::mutex checkpoint_mutex_;                      // one checkpoint at a time in this process
+  std::atomic<bool> checkpointing_{false};           // one is being taken (for the watchdog)
+  std::atomic<std::uint64_t> checkpoint_yields_{0};  // its sleeps (see watch)
   std::shared_ptr<checkpoint_state> checkpoints_ = std::make_shared<checkpoint_state>();
   std::atomic<int> inflight_{0};
   std::atomic<std::uint64_t> completed_{0};

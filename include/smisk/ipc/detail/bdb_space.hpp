@@ -36,12 +36,12 @@ inline std::uint64_t database_bytes(database& d) {
 inline space_need write_need(std::uint64_t key, std::uint64_t value,
                              std::uint64_t old_value = 0) noexcept {
   const std::uint64_t bytes = key + value;
-  return {(bytes + old_value) + (bytes + old_value) / 8 + 512, bytes + bytes / 8};
+  return {(bytes + old_value) + (bytes + old_value) / 8 + 512, bytes + bytes / 8, value};
 }
 
 /// What erasing a key and its value may add to the home: the log of every page it frees.
 inline space_need erase_need(std::uint64_t key, std::uint64_t value) noexcept {
-  return {key + space_guard::erase_room(value), 0};
+  return {key + space_guard::erase_room(value), 0, 0};
 }
 
 /// The size of the value stored under `k`, read in `txn` (with DB_RMW: the write that follows
@@ -60,7 +60,8 @@ inline int stored_size(database& d, DB_TXN* txn, DBT& k, std::uint64_t& size) {
 /// One attempt of one write and the space guard: reserve() before the transaction, confirm()
 /// inside it once the sizes are known (in a tight home), grew() before the commit, settle()
 /// after it. Credit taken is given back if the attempt fails (not if its commit is in doubt:
-/// it may have landed); credit from erases is given only once the commit succeeded.
+/// it may have landed); credit from erases, and the size of the value stored, count only once
+/// the commit succeeded.
 class space_use {
  public:
   using kind = space_guard::kind;
@@ -79,6 +80,7 @@ class space_use {
       v = guard_.check(need, kind_);
     }
     if (v == verdict::full) return refuse(space_guard::refusal::no_room);
+    value_ = need.value;
     tight_ = v == verdict::tight;
     if (tight_ && kind_ == kind::grows) pages_ = last_page(d_);
     return 0;
@@ -92,6 +94,7 @@ class space_use {
   /// In a tight home, once the sizes are known: room for `need`, and `credit` bytes of
   /// credit for what the write adds. @returns 0 or ENOSPC.
   int confirm(space_need need, std::uint64_t credit) {
+    if (need.value > value_) value_ = need.value;
     if (!tight_) return 0;
     verdict v = guard_.check(need, kind_);
     if (v == verdict::full && kind_ == kind::shrinks) {
@@ -115,11 +118,13 @@ class space_use {
   /// An erase of the attempt freed `bytes` inside the database file.
   void freed(std::uint64_t bytes) noexcept { freed_ += bytes; }
 
-  /// After the attempt, with what it returned.
-  void settle(int rc) noexcept {
+  /// After the attempt, with what it returned and whether its commit is in doubt (a break
+  /// interrupted it: it may have landed, see bdb_landed_commits.hpp).
+  void settle(int rc, bool in_doubt) noexcept {
     if (rc == 0) {
       if (freed_ != 0) guard_.add_credit(freed_);
-    } else if (rc != DB_RUNRECOVERY && taken_ != 0) {
+      if (value_ != 0) guard_.note_value(value_);
+    } else if (!in_doubt && taken_ != 0) {
       guard_.add_credit(taken_);  // given back
     }
     taken_ = freed_ = 0;
@@ -138,6 +143,7 @@ class space_use {
   db_pgno_t pages_ = 0;
   std::uint64_t taken_ = 0;
   std::uint64_t freed_ = 0;
+  std::uint64_t value_ = 0;
 };
 
 }  // namespace smisk::ipc::detail::bdb

@@ -34,6 +34,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -46,6 +47,7 @@
 
 #include "bdb_errors.hpp"
 #include "bdb_home_files.hpp"
+#include "bdb_liveness.hpp"
 
 namespace smisk::ipc::detail::bdb {
 
@@ -120,6 +122,7 @@ inline std::uint64_t checkpoint_interval_of(const std::string& home) noexcept {
 struct space_need {
   std::uint64_t log = 0;
   std::uint64_t pages = 0;
+  std::uint64_t value = 0;  ///< the size of the value it stores (see space_guard::note_value)
 };
 
 /// One environment's view of its home's free space (see the top of this file).
@@ -164,7 +167,8 @@ class space_guard {
     }
     // Writes keep room to erase the largest value ever stored: that logs all of it, in one
     // transaction. A write's own log is removed at the next checkpoints, its pages stay.
-    const std::uint64_t extra = erase_room(largest_local_.load(std::memory_order_relaxed));
+    const std::uint64_t largest = largest_local_.load(std::memory_order_relaxed);
+    const std::uint64_t extra = erase_room(need.value > largest ? need.value : largest);
     const std::uint64_t transient = extra > need.log ? extra : need.log;
     // Erases count what they free from a little before the home gets tight (so that the
     // credit is there when it does); well clear of it, the credit is dropped (the pages erased
@@ -186,10 +190,12 @@ class space_guard {
   /// What erasing a value of `size` bytes logs: every page it frees.
   static std::uint64_t erase_room(std::uint64_t size) noexcept { return size + size / 8 + 4096; }
 
-  /// A write stores a value of `size` bytes: the largest one ever stored in the home sets how
-  /// much room writes leave for erasing it (shared by the home's processes).
+  /// A write stored a value of `size` bytes: the largest one ever stored in the home sets how
+  /// much room writes leave for erasing it (shared by the home's processes; it never goes down:
+  /// the library cannot know whether that value is still there).
   void note_value(std::uint64_t size) noexcept {
-    if (size <= largest_local_.load(std::memory_order_relaxed)) return;
+    const std::uint64_t before = largest_local_.load(std::memory_order_relaxed);
+    if (size <= before) return;
     std::lock_guard<std::mutex> lock(mutex_);
     map_shared_locked();
     if (shared_) {
@@ -201,7 +207,47 @@ class space_guard {
     }
     if (size > largest_local_.load(std::memory_order_relaxed))
       largest_local_.store(size, std::memory_order_relaxed);
-    budget_.store(0, std::memory_order_relaxed);  // measure again with the new reserve
+    // The reserve grew by this much: the budget of writes shrinks by as much.
+    budget_.fetch_sub(static_cast<std::int64_t>(erase_room(size) - erase_room(before)),
+                      std::memory_order_relaxed);
+  }
+
+  /// Before a checkpoint: takes the home's checkpoint word (<home>/smisk-ipc.space), unless
+  /// another live process holds it: it is taking one, and this process does without (@returns
+  /// false), or, with `wait` (a write short of space), waits for it at most 2 s. A word older
+  /// than a minute, or of a dead process, is taken over.
+  bool begin_checkpoint(bool wait) noexcept {
+    shared_state* sh = shared();
+    if (!sh) return true;  // no shared file: no such gate
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(2);
+    const auto me = static_cast<std::uint64_t>(::getpid());
+    std::uint64_t word = sh->checkpointer.load(std::memory_order_acquire);
+    for (;;) {
+      const std::uint64_t now = boot_seconds() & 0xffffffffu;
+      if (word != 0) {
+        const auto owner = static_cast<pid_t>(word >> 32);
+        const bool fresh = now - (word & 0xffffffffu) < 60;
+        if (owner != ::getpid() && fresh && process_alive(owner)) {
+          if (!wait || std::chrono::steady_clock::now() > deadline) return false;
+          ::usleep(1000);
+          word = sh->checkpointer.load(std::memory_order_acquire);
+          continue;
+        }
+      }
+      const std::uint64_t mine = (me << 32) | now;
+      if (sh->checkpointer.compare_exchange_weak(word, mine, std::memory_order_acq_rel)) {
+        checkpoint_word_ = mine;
+        return true;
+      }
+    }
+  }
+  /// After a checkpoint begun with begin_checkpoint().
+  void end_checkpoint() noexcept {
+    shared_state* sh = shared();
+    std::uint64_t mine = checkpoint_word_;
+    if (sh && mine != 0)
+      sh->checkpointer.compare_exchange_strong(mine, 0, std::memory_order_acq_rel);
+    checkpoint_word_ = 0;
   }
 
   /// The log volume between checkpoints (checkpoint_interval) at the last measurement.
@@ -293,9 +339,16 @@ class space_guard {
   /// What the processes of a home share, in <home>/smisk-ipc.space: lock-free atomics, which
   /// have the layout of their integer and work across processes.
   struct shared_state {
-    std::atomic<std::int64_t> credit;    // bytes erases freed inside the database files
-    std::atomic<std::uint64_t> largest;  // the largest value ever stored
+    std::atomic<std::int64_t> credit;         // bytes erases freed inside the database files
+    std::atomic<std::uint64_t> largest;       // the largest value ever stored
+    std::atomic<std::uint64_t> checkpointer;  // pid << 32 | boot seconds, of the one checkpointing
   };
+
+  static std::uint64_t boot_seconds() noexcept {
+    struct timespec ts {};
+    ::clock_gettime(CLOCK_BOOTTIME, &ts);
+    return static_cast<std::uint64_t>(ts.tv_sec);
+  }
   static_assert(std::atomic<std::int64_t>::is_always_lock_free &&
                 std::atomic<std::uint64_t>::is_always_lock_free);
 
@@ -335,6 +388,7 @@ class space_guard {
   shared_state* shared_ = nullptr;  // set once, under mutex_
   std::atomic<bool> shared_ready_{false};
   std::atomic<std::uint64_t> largest_local_{0};  // this process's view of shared_->largest
+  std::uint64_t checkpoint_word_ = 0;            // under environment's checkpoint mutex
 };
 
 /// The number of the last page of a database, as Berkeley DB's cache knows it (pages it made

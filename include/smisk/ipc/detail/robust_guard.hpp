@@ -9,6 +9,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <cstdint>
 
 #include "robust_broken.hpp"
 #include "robust_state.hpp"
@@ -31,10 +32,13 @@ namespace smisk::ipc::detail::robust {
 
 inline thread_local sigjmp_buf* detect_escape = nullptr;
 /// Set while a thread takes a checkpoint (a writer's, or the last one at close): libdb's
-/// whole-second polling sleeps (see smisk_ipc_robust_os_yield) become 10 ms there. A checkpoint meets pages that writers have
-/// latched for a moment, and a second per encounter made checkpoints, and a close waiting for
-/// one, a second late.
+/// whole-second polling sleeps (see smisk_ipc_robust_os_yield) become 10 ms there. A checkpoint
+/// meets pages that writers have latched for a moment, and a second per encounter made checkpoints,
+/// and a close waiting for one, a second late.
 inline thread_local bool quick_yields = false;
+/// With quick_yields: counts the sleeps, so that the watchdog can tell a checkpoint that waits
+/// (for a latched page) from one that writes pages (see environment::watch).
+inline thread_local std::atomic<std::uint64_t>* quick_yield_count = nullptr;
 /// Why the last escape to a guard happened: a fault, or a wait that could never end.
 enum class escape_reason { fault, endless_wait };
 inline thread_local escape_reason last_escape = escape_reason::fault;
@@ -83,6 +87,8 @@ extern "C" inline void smisk_ipc_robust_os_yield(ENV* env, u_long secs, u_long u
     secs = 0;
     usecs = 10000;
   }
+  if (r::quick_yields && r::quick_yield_count)
+    r::quick_yield_count->fetch_add(1, std::memory_order_relaxed);
   if (!endless()) r::real_os_yield.load(std::memory_order_acquire)(env, secs, usecs);
   if (endless()) {
     sigjmp_buf* escape = r::detect_escape;
