@@ -97,6 +97,7 @@
 #include <vector>
 
 #include <smisk/ipc/bsddb.hpp>
+#include <smisk/ipc/detail/bdb_env_config.hpp>
 #include <smisk/ipc/shared_dict.hpp>
 
 #ifdef SMISK_BENCH_MEMCACHED
@@ -250,8 +251,8 @@ inline DBT dbt(const void* p, std::size_t n) {
   return d;
 }
 
-/// mode same: shared_dict's environment, replicated from detail/bdb_env.hpp (environment::
-/// configure and the open flags, database's sub-databases, note_write's checkpoints).
+/// mode same: shared_dict's environment (detail/bdb_env_config.hpp's configure_environment, as
+/// detail::bdb::environment calls it), database's sub-databases, note_write's checkpoints.
 /// mode unsafe: locking only. mode patched: same, with smisk-ipc's robust-mutex patch.
 enum class raw_mode { same, unsafe, patched };
 
@@ -360,33 +361,18 @@ class raw_bdb {
 
   void open(bool create) {
     bdb_check(::db_env_create(&env_, 0), "db_env_create");
+    // detail::bdb::environment's configuration, value for value (unsafe: its locking part only);
+    // the cache is the default option's.
+    ipc::detail::bdb::env_config config;
+    config.transactions = transactional();
+    config.is_alive = &raw_is_alive;
+    const ipc::detail::bdb::env_setup setup = ipc::detail::bdb::configure_environment(env_, config);
+    bdb_check(setup.rc, setup.failed);
+    const u_int32_t flags = setup.open_flags | (transactional() && create ? DB_RECOVER : 0u);
+    bdb_check(env_->open(env_, dir_.c_str(), flags, 0600), "DB_ENV->open");
     if (transactional()) {
-      // detail::bdb::environment::configure(), value for value.
-      bdb_check(env_->set_cachesize(env_, 0, 32u << 20, 1), "set_cachesize");
-      bdb_check(env_->set_lk_detect(env_, DB_LOCK_DEFAULT), "set_lk_detect");
-      bdb_check(env_->set_lk_max_locks(env_, 20000), "set_lk_max_locks");
-      bdb_check(env_->set_lk_max_objects(env_, 20000), "set_lk_max_objects");
-      bdb_check(env_->set_lk_max_lockers(env_, 4000), "set_lk_max_lockers");
-      bdb_check(env_->set_tx_max(env_, 1000), "set_tx_max");
-      bdb_check(env_->set_thread_count(env_, 4000), "set_thread_count");
-      bdb_check(env_->set_isalive(env_, &raw_is_alive), "set_isalive");
-      bdb_check(env_->set_lg_bsize(env_, 1u << 20), "set_lg_bsize");
-      bdb_check(env_->set_lg_max(env_, smisk::ipc::detail::bdb::log_file_bytes), "set_lg_max");
-      bdb_check(env_->log_set_config(env_, DB_LOG_AUTO_REMOVE, 1), "log_set_config");
-      bdb_check(env_->set_flags(env_, DB_TXN_WRITE_NOSYNC, 1), "set_flags");
-      u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN |
-                        DB_THREAD | (create ? DB_RECOVER : 0u);
-      bdb_check(env_->open(env_, dir_.c_str(), flags, 0600), "DB_ENV->open");
       if (!create) bdb_check(env_->failchk(env_, 0), "DB_ENV->failchk");
       checkpoint_bytes_ = ipc::detail::bdb::checkpoint_interval_of(dir_);
-    } else {
-      bdb_check(env_->set_cachesize(env_, 0, 32u << 20, 1), "set_cachesize");
-      bdb_check(env_->set_lk_detect(env_, DB_LOCK_DEFAULT), "set_lk_detect");
-      bdb_check(env_->set_lk_max_locks(env_, 20000), "set_lk_max_locks");
-      bdb_check(env_->set_lk_max_objects(env_, 20000), "set_lk_max_objects");
-      bdb_check(env_->set_lk_max_lockers(env_, 4000), "set_lk_max_lockers");
-      u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_THREAD;
-      bdb_check(env_->open(env_, dir_.c_str(), flags, 0600), "DB_ENV->open");
     }
     if (create) creator_pid_ = ::getpid();
     db_ = open_db(data_file, "data");

@@ -3,9 +3,10 @@
 // Every variant must end with the counter at exactly 2 x N (checked; a variant that loses
 // increments is reported as such).
 //
-// The baseline is what shared_dict does (detail/bdb_env.hpp + bsddb.hpp): DB_INIT_MPOOL |
-// DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN | DB_THREAD, 32 MiB cache,
-// set_lk_detect(DB_LOCK_DEFAULT), lock table sizes, thread tracking, DB_TXN_WRITE_NOSYNC, hash,
+// The baseline is what shared_dict does (detail/bdb_env_config.hpp's configure_environment, as
+// detail/bdb_env.hpp calls it, + bsddb.hpp): DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG |
+// DB_INIT_TXN | DB_THREAD, 32 MiB cache, set_lk_detect(DB_LOCK_DEFAULT), lock table sizes,
+// thread tracking, 2 MiB log files removed automatically, DB_TXN_WRITE_NOSYNC, hash,
 // checkpoints by log volume in the writing thread, the robust-mutex patch, and one transaction
 // per increment: get(DB_RMW), put, commit, retried with the library's backoff.
 //
@@ -48,7 +49,9 @@
 #include <thread>
 #include <vector>
 
+#include <smisk/ipc/bsddb_options.hpp>
 #include <smisk/ipc/detail/bdb_env.hpp>
+#include <smisk/ipc/detail/bdb_env_config.hpp>
 #include <smisk/ipc/detail/robust_mutex.hpp>
 
 // ---- "spin before sleeping" in libdb's mutex acquisition ----------------------------------------
@@ -118,6 +121,8 @@ extern "C" int pthread_mutex_timedlock(pthread_mutex_t* m, const struct timespec
 namespace {
 
 using steady = std::chrono::steady_clock;
+namespace bdb = smisk::ipc::detail::bdb;
+using smisk::ipc::bsddb::durability_level;
 
 std::int64_t now_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(steady::now().time_since_epoch())
@@ -157,7 +162,7 @@ struct variant {
   bool cds = false;
   bool patch = true;
   bool btree = false;
-  u_int32_t sync_flag = DB_TXN_WRITE_NOSYNC;  // 0: fsync at commit
+  durability_level durability = durability_level::process_crash;  // the commit's log write
   bool log_in_memory = false;
   u_int32_t tas_spins = 0;  // 0: leave the default
   u_int32_t lk_detect = DB_LOCK_DEFAULT;
@@ -406,36 +411,35 @@ handles open_env(const variant& v, const std::string& home, bool create) {
   handles h;
   check(::db_env_create(&h.env, 0), "db_env_create");
   DB_ENV* e = h.env;
-  check(e->set_cachesize(e, 0, 32u << 20, 1), "set_cachesize");
-  if (v.tas_spins) check(e->mutex_set_tas_spins(e, v.tas_spins), "mutex_set_tas_spins");
-  u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_THREAD;
+  u_int32_t flags = 0;
   if (v.cds) {
-    flags |= DB_INIT_CDB;
+    // Concurrent Data Store: none of shared_dict's environment but the cache.
+    const std::size_t cache = bdb::env_config{}.cache_bytes;
+    check(e->set_cachesize(e, 0, static_cast<u_int32_t>(cache), 1), "set_cachesize");
+    flags = DB_CREATE | DB_INIT_MPOOL | DB_THREAD | DB_INIT_CDB;
   } else {
-    flags |= DB_INIT_LOCK;
-    if (v.lk_detect) check(e->set_lk_detect(e, v.lk_detect), "set_lk_detect");
-    check(e->set_lk_max_locks(e, 20000), "set_lk_max_locks");
-    check(e->set_lk_max_objects(e, 20000), "set_lk_max_objects");
-    check(e->set_lk_max_lockers(e, 4000), "set_lk_max_lockers");
-  }
-  if (v.txn) {
-    flags |= DB_INIT_LOG | DB_INIT_TXN;
-    check(e->set_tx_max(e, 1000), "set_tx_max");
-    check(e->set_thread_count(e, 4000), "set_thread_count");
-    check(e->set_isalive(e, &alive), "set_isalive");
-    if (v.log_in_memory) {
+    // The baseline: shared_dict's environment (without transactions: its locking part).
+    bdb::env_config config;
+    config.transactions = v.txn;
+    config.durability = v.durability;
+    config.is_alive = &alive;
+    const bdb::env_setup setup = bdb::configure_environment(e, config);
+    check(setup.rc, setup.failed);
+    flags = setup.open_flags;
+    // The variations, over the baseline.
+    if (v.lk_detect != DB_LOCK_DEFAULT) check(e->set_lk_detect(e, v.lk_detect), "set_lk_detect");
+    if (v.txn && v.log_in_memory) {
+      // The log in memory instead of files: set_lg_max(0) is libdb's default for in-memory logs.
       check(e->set_lg_bsize(e, 8u << 20), "set_lg_bsize");
+      check(e->set_lg_max(e, 0), "set_lg_max");
+      check(e->log_set_config(e, DB_LOG_AUTO_REMOVE, 0), "log_set_config");
       check(e->log_set_config(e, DB_LOG_IN_MEMORY, 1), "log_set_config");
-    } else {
-      check(e->set_lg_bsize(e, 1u << 20), "set_lg_bsize");
-      check(e->set_lg_max(e, smisk::ipc::detail::bdb::log_file_bytes), "set_lg_max");
-      check(e->log_set_config(e, DB_LOG_AUTO_REMOVE, 1), "log_set_config");
     }
-    if (v.sync_flag) check(e->set_flags(e, v.sync_flag, 1), "set_flags");
-    if (v.lock_timeout)
+    if (v.txn && v.lock_timeout)
       check(e->set_timeout(e, v.lock_timeout, DB_SET_LOCK_TIMEOUT), "set_timeout");
-    if (create) flags |= DB_RECOVER;
+    if (v.txn && create) flags |= DB_RECOVER;
   }
+  if (v.tas_spins) check(e->mutex_set_tas_spins(e, v.tas_spins), "mutex_set_tas_spins");
   check(e->open(e, home.c_str(), flags, 0600), "DB_ENV->open");
   h.checkpoint_bytes = smisk::ipc::detail::bdb::checkpoint_interval_of(home);
   if (v.txn && !create) check(e->failchk(e, 0), "failchk");
@@ -648,10 +652,11 @@ std::vector<variant> variants() {
       [](variant& v) { v.op = op_kind::txn_plain; });
   add("  cursor DB_SET|DB_RMW + put(DB_CURRENT)", [](variant& v) { v.op = op_kind::txn_cursor; });
   add("  btree", [](variant& v) { v.btree = true; });
-  add("  DB_TXN_NOSYNC (no log write at commit)", [](variant& v) { v.sync_flag = DB_TXN_NOSYNC; });
+  add("  DB_TXN_NOSYNC (no log write at commit)",
+      [](variant& v) { v.durability = durability_level::none; });
   add("  DB_LOG_IN_MEMORY", [](variant& v) {
     v.log_in_memory = true;
-    v.sync_flag = 0;
+    v.durability = durability_level::system_crash;
   });
   add("  named lock: lock_get(key, WRITE) in the txn",
       [](variant& v) { v.op = op_kind::txn_named_lock; });
@@ -680,7 +685,7 @@ std::vector<variant> variants() {
       [](variant& v) { v.outer = outer_kind::spin_robust_mutex; });
   add("  + spinning robust mutex, DB_TXN_NOSYNC", [](variant& v) {
     v.outer = outer_kind::spin_robust_mutex;
-    v.sync_flag = DB_TXN_NOSYNC;
+    v.durability = durability_level::none;
   });
   add("  DB_TXN_NOWAIT for 16 tries, then a waiting txn", [](variant& v) { v.nowait_tries = 16; });
   add("  DB_TXN_NOWAIT for 16 tries, spin 100 in mutex lock", [](variant& v) {
@@ -735,12 +740,12 @@ std::vector<variant> variants() {
   });
   add("  puts: DB_TXN_NOSYNC", [](variant& v) {
     v.op = op_kind::random_put;
-    v.sync_flag = DB_TXN_NOSYNC;
+    v.durability = durability_level::none;
   });
   add("  puts: DB_LOG_IN_MEMORY", [](variant& v) {
     v.op = op_kind::random_put;
     v.log_in_memory = true;
-    v.sync_flag = 0;
+    v.durability = durability_level::system_crash;
   });
   add("  puts: spin 100 tries in libdb's mutex lock", [](variant& v) {
     v.op = op_kind::random_put;

@@ -1,8 +1,8 @@
 // What the transactional environment costs against Berkeley DB's fastest (unsafe) mode, side by
 // side in one run: raw C API, one process, 100,000 12-byte keys and 100-byte values.
 //   locking-only: DB_INIT_MPOOL | DB_INIT_LOCK (page splits can deadlock and corrupt)
-//   transactional: what shared_dict uses (DB_INIT_TXN | DB_INIT_LOG, auto-commit,
-//                  DB_TXN_WRITE_NOSYNC, logs in the home on tmpfs)
+//   transactional: what shared_dict uses (detail/bdb_env_config.hpp: DB_INIT_TXN | DB_INIT_LOG,
+//                  auto-commit, DB_TXN_WRITE_NOSYNC, logs in the home on tmpfs); no checkpoints
 #include <db.h>
 #include <sys/stat.h>
 
@@ -12,6 +12,8 @@
 #include <cstring>
 #include <string>
 #include <vector>
+
+#include <smisk/ipc/detail/bdb_env_config.hpp>
 
 namespace {
 
@@ -28,15 +30,17 @@ result run(bool transactional, int n) {
   std::system(("rm -rf " + home + " && mkdir -p " + home).c_str());
   DB_ENV* env = nullptr;
   db_env_create(&env, 0);
-  env->set_cachesize(env, 0, 32u << 20, 1);
-  env->set_lk_detect(env, DB_LOCK_DEFAULT);
-  u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_THREAD;
-  if (transactional) {
-    flags |= DB_INIT_TXN | DB_INIT_LOG;
-    env->set_flags(env, DB_TXN_WRITE_NOSYNC, 1);
-    env->set_lg_bsize(env, 1u << 20);
-    env->log_set_config(env, DB_LOG_AUTO_REMOVE, 1);
+  // shared_dict's environment; locking-only: its locking part.
+  smisk::ipc::detail::bdb::env_config config;
+  config.transactions = transactional;
+  config.is_alive = [](DB_ENV*, pid_t, db_threadid_t, u_int32_t) { return 1; };  // one process
+  const smisk::ipc::detail::bdb::env_setup setup =
+      smisk::ipc::detail::bdb::configure_environment(env, config);
+  if (setup.rc != 0) {
+    std::printf("%s: %s\n", setup.failed, db_strerror(setup.rc));
+    std::exit(1);
   }
+  const u_int32_t flags = setup.open_flags;
   if (int rc = env->open(env, home.c_str(), flags, 0600)) {
     std::printf("open: %s\n", db_strerror(rc));
     std::exit(1);

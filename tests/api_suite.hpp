@@ -7,7 +7,10 @@
 #include <limits>
 #include <map>
 #include <set>
+#include <sstream>
 #include <string>
+#include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -110,6 +113,86 @@ TYPED_TEST_P(api, bracket_sugar) {
   EXPECT_EQ(n.at("hits"), 42);
   n["hits"] -= 2;
   EXPECT_EQ(static_cast<std::int64_t>(n["hits"]), 40);
+}
+
+TYPED_TEST_P(api, bracket_proxy_behaves_like_the_value) {
+  auto d = this->template open<std::string, std::string>();
+  d["k"] = "x";
+  EXPECT_TRUE(d["k"] == "x");
+  EXPECT_TRUE("x" == d["k"]);
+  EXPECT_TRUE(d["k"] != std::string("y"));
+  EXPECT_TRUE(d["k"] < "y");
+  EXPECT_TRUE(d["k"] >= "x");
+  d["same"] = "x";
+  EXPECT_TRUE(d["k"] == d["same"]);
+  EXPECT_FALSE(d["k"] != d["same"]);
+  EXPECT_EQ(d["k"]->size(), 1u);
+  std::ostringstream shown;
+  shown << d["k"] << '|' << d["same"];
+  EXPECT_EQ(shown.str(), "x|x");
+  // `auto` keeps the reference: each use reads again, and a missing key throws at use.
+  auto live = d["k"];
+  d["k"] = "changed";
+  EXPECT_TRUE(live == "changed");
+  auto missing = d["missing"];
+  EXPECT_THROW((void)(missing == "x"), ipc::key_error);
+  EXPECT_THROW((void)missing->size(), ipc::key_error);
+  std::ostringstream nothing;
+  EXPECT_THROW(nothing << missing, ipc::key_error);
+
+  auto n = this->template open<std::string, std::int64_t>("counters");
+  EXPECT_EQ(n["/"]++, 0);  // absent counts as 0, as for increment()
+  EXPECT_EQ(n.at("/"), 1);
+  ++n["/"];
+  EXPECT_EQ(n["/"]--, 2);
+  --n["/"];
+  EXPECT_TRUE(n["/"] == 0);
+  n["/"] += 10;
+  EXPECT_TRUE(5 < n["/"]);
+  EXPECT_TRUE(n["/"] <= 10);
+  std::ostringstream number;
+  number << n["/"];
+  EXPECT_EQ(number.str(), "10");
+  // Subtracting the smallest integer is not a negation (that would be undefined).
+  constexpr std::int64_t min64 = std::numeric_limits<std::int64_t>::min();
+  n["m"] = -1;
+  n["m"] -= min64;
+  EXPECT_EQ(n.at("m"), std::numeric_limits<std::int64_t>::max());
+  n["z"] = 0;
+  EXPECT_THROW(n["z"] -= min64, ipc::overflow_error);
+  EXPECT_EQ(n.at("z"), 0);
+  auto small = this->template open<std::string, std::int8_t>("small");
+  small["s"] = -1;
+  small["s"] -= std::numeric_limits<std::int8_t>::min();
+  EXPECT_EQ(small.at("s"), 127);
+
+  auto u = this->template open<std::string, std::uint32_t>("unsigned");
+  EXPECT_EQ(u["w"]--, 0u);  // wraps, as in C++
+  EXPECT_EQ(u.at("w"), std::numeric_limits<std::uint32_t>::max());
+  u["w"] -= 1u;
+  EXPECT_EQ(u.at("w"), std::numeric_limits<std::uint32_t>::max() - 1);
+}
+
+TYPED_TEST_P(api, string_keys_are_looked_up_through_a_view) {
+  auto d = this->template open<std::string, std::string>();
+  using dict = decltype(d);
+  // std::string is built from a view only explicitly: these are callable with a view only when
+  // the lookup takes one (no std::string made for it).
+  static_assert(std::is_invocable_v<decltype(&dict::contains), const dict&, std::string_view>);
+  static_assert(std::is_same_v<typename dict::key_view, std::string_view>);
+  const std::string long_key(100, 'k');
+  d[long_key] = "v";
+  const std::string_view view = long_key;
+  EXPECT_EQ(d.get(view), std::optional<std::string>("v"));
+  EXPECT_EQ(d.get(view.substr(1), "fallback"), "fallback");
+  EXPECT_EQ(d.at(view), "v");
+  EXPECT_TRUE(d.contains(view));
+  EXPECT_FALSE(d.contains(view.substr(0, 99)));
+  const auto& cd = d;
+  EXPECT_EQ(cd[view], "v");
+  EXPECT_TRUE(d.erase(view));
+  EXPECT_FALSE(d.contains(long_key));
+  EXPECT_FALSE(d.get("literal").has_value());
 }
 
 TYPED_TEST_P(api, insert_setdefault_erase_pop) {
@@ -359,10 +442,11 @@ TYPED_TEST_P(api, key_and_value_types) {
 }
 
 REGISTER_TYPED_TEST_SUITE_P(api, get_set_and_fallbacks, key_error_is_an_ipc_error, bracket_sugar,
-                            insert_setdefault_erase_pop, update_is_read_modify_write,
-                            increment_arithmetic_values, increment_at_the_limits_of_the_type,
-                            compare_exchange, set_many_from_any_range, whole_dict,
-                            handles_share_one_store, other_types_are_a_type_mismatch,
-                            key_and_value_types);
+                            bracket_proxy_behaves_like_the_value,
+                            string_keys_are_looked_up_through_a_view, insert_setdefault_erase_pop,
+                            update_is_read_modify_write, increment_arithmetic_values,
+                            increment_at_the_limits_of_the_type, compare_exchange,
+                            set_many_from_any_range, whole_dict, handles_share_one_store,
+                            other_types_are_a_type_mismatch, key_and_value_types);
 
 }  // namespace api_suite

@@ -3,16 +3,21 @@
 // unwritable), odd and huge keys and values.
 #include <db.h>
 #include <grp.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include <smisk/ipc.hpp>
 
+#include "raw_bdb.hpp"
 #include "test_util.hpp"
 
 namespace {
@@ -116,9 +121,6 @@ TEST(type_mismatch, another_enum_with_the_same_underlying_type) {
   EXPECT_EQ((ipc::shared_dict<std::string, color>{o}.get("sky")), color::green);
 }
 
-std::string raw_put(const std::string& home, const std::string& name, const std::string& key,
-                    const std::string& bytes, const char* subdb = "data");
-
 TEST(type_mismatch, an_enum_dict_described_before_enum_tags_named_the_enum_still_opens) {
   temp_dir dir;
   const auto o = options_for(dir.file("home"), true);
@@ -137,45 +139,6 @@ TEST(type_mismatch, an_enum_dict_described_before_enum_tags_named_the_enum_still
 
 // ---------------------------------------------------------------------------
 // Corrupt stored bytes
-
-// Overwrites (or creates) one record of the "data" sub-database of <home>/<name> with raw
-// bytes, through the Berkeley DB C API, from a separate process that joins the environment the
-// library created, as a foreign program would. Returns "" or what failed.
-std::string raw_put(const std::string& home, const std::string& name, const std::string& key,
-                    const std::string& bytes, const char* subdb) {
-  DB_ENV* env = nullptr;
-  DB* db = nullptr;
-  std::string failure;
-  auto check = [&](int rc, const char* what) {
-    if (rc != 0 && failure.empty()) failure = std::string(what) + ": " + db_strerror(rc);
-    return rc == 0;
-  };
-  if (check(db_env_create(&env, 0), "db_env_create") &&
-      check(env->open(env, home.c_str(), DB_JOINENV, 0), "DB_ENV->open(DB_JOINENV)")) {
-    u_int32_t env_flags = 0;
-    env->get_open_flags(env, &env_flags);
-    const u_int32_t auto_commit = (env_flags & DB_INIT_TXN) ? DB_AUTO_COMMIT : 0;
-    if (check(db_create(&db, env, 0), "db_create") &&
-        check(db->open(db, nullptr, name.c_str(), subdb, DB_UNKNOWN, auto_commit, 0),
-              "DB->open(sub-database)")) {
-      DBT k{};
-      DBT v{};
-      k.data = const_cast<char*>(key.data());
-      k.size = static_cast<u_int32_t>(key.size());
-      v.data = const_cast<char*>(bytes.data());
-      v.size = static_cast<u_int32_t>(bytes.size());
-      int rc;
-      int attempts = 0;
-      do {
-        rc = db->put(db, nullptr, &k, &v, 0);
-      } while (rc == DB_LOCK_DEADLOCK && ++attempts < 100);
-      check(rc, "DB->put");
-    }
-  }
-  if (db != nullptr) check(db->close(db, 0), "DB->close");
-  if (env != nullptr) check(env->close(env, 0), "DB_ENV->close");
-  return failure;
-}
 
 // raw_put in a child process; fails the test if it did not work.
 void corrupt(const std::string& home, const std::string& name, const std::string& key,
@@ -588,6 +551,44 @@ TEST(odd_keys, one_megabyte_key_and_value) {
   for (std::size_t i = 0; i < value.size(); ++i) value[i] = static_cast<char>(i * 7 + 3);
   key.back() = 'K';
   check_huge(key, value);
+}
+
+// Berkeley DB's sizes are 32-bit. The bytes are a view of 4 GiB + 1 of address space that is never
+// touched (MAP_NORESERVE): the size alone must be refused, before libdb reads any of it.
+class over_4_gib {
+ public:
+  over_4_gib() {
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (p != MAP_FAILED) bytes_ = static_cast<const char*>(p);
+  }
+  ~over_4_gib() {
+    if (bytes_) ::munmap(const_cast<char*>(bytes_), size);
+  }
+  over_4_gib(const over_4_gib&) = delete;
+  over_4_gib& operator=(const over_4_gib&) = delete;
+  [[nodiscard]] std::string_view view() const { return {bytes_, size}; }
+  [[nodiscard]] bool mapped() const { return bytes_ != nullptr; }
+
+  static constexpr std::size_t size = (std::size_t{1} << 32) + 1;
+
+ private:
+  const char* bytes_ = nullptr;
+};
+
+TEST(odd_keys, a_value_or_key_over_4_gib_is_a_size_error_and_changes_nothing) {
+  over_4_gib huge;
+  ASSERT_TRUE(huge.mapped()) << "mmap of 4 GiB of address space: " << std::strerror(errno);
+  temp_dir dir;
+  str_dict d{options_for(dir.file("home"))};
+  d.set("k", "kept");
+  // Before: stored as its size modulo 4 GiB (one byte), the old value lost.
+  EXPECT_THROW(d.backend().put("k", huge.view()), ipc::size_error);
+  EXPECT_THROW((void)d.backend().add("new", huge.view()), ipc::size_error);
+  EXPECT_THROW(d.backend().put(huge.view(), "v"), ipc::size_error);
+  EXPECT_THROW((void)d.backend().exists(huge.view()), ipc::size_error);
+  EXPECT_EQ(d.get("k"), std::optional<std::string>("kept"));
+  EXPECT_FALSE(d.contains("new"));
+  EXPECT_EQ(d.size(), 1u);
 }
 
 TEST(odd_keys, one_megabyte_value_under_a_small_key) {

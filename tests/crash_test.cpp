@@ -951,6 +951,7 @@ TEST_P(sigstop, holder_of_a_write_lock_is_stopped_then_released) {
     std::fflush(stdout);
     setenv("SMISK_TEST_STACKS_HOME", dir.path().c_str(), 1);
     dump_stacks(waiters[same_key_write]);
+    dump_stacks(holder);  // if it is still there
   }
   ASSERT_NE(write_done, 0) << "the waiter did not proceed within 10 s after "
                            << (kill_holder ? "SIGKILL" : "SIGCONT") << " of the holder";
@@ -1289,10 +1290,10 @@ TEST_P(deadlock_storm, many_processes_and_threads_on_few_keys_see_no_error) {
           } else if (what < 58) {
             if (auto v = s.pop(key); v && !storm_value_ok(*v)) torn("pop of " + key, *v);
           } else if (what < 63) {
-            s.insert(key, storm_value(1 + rng() % 3000, letter));
+            (void)s.insert(key, storm_value(1 + rng() % 3000, letter));
           } else if (what < 68) {
             const std::optional<std::string> expected = s.get(key);
-            s.compare_exchange(key, expected, storm_value(1 + rng() % 3000, letter));
+            (void)s.compare_exchange(key, expected, storm_value(1 + rng() % 3000, letter));
           } else if (what < 72) {
             if (auto v = s.get(key); v && !storm_value_ok(*v)) torn("get of " + key, *v);
           } else if (what < 80) {

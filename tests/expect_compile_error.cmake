@@ -6,7 +6,8 @@
 # Each line "// expected-error: <regex>" in SOURCE is a regular expression that
 # the compiler output must match. Without one, the output must show a
 # static_assert firing: the library promises readable messages, not a
-# substitution failure deep in a template.
+# substitution failure deep in a template. Each line "// unexpected-error: <regex>"
+# is one the output must not match (the noise a static_assert is there to replace).
 
 foreach(required IN ITEMS BUILD_DIR TARGET SOURCE)
   if(NOT DEFINED ${required} OR "${${required}}" STREQUAL "")
@@ -38,6 +39,14 @@ foreach(expectation IN LISTS expectations)
   if(NOT output MATCHES "${regex}")
     message(FATAL_ERROR "${SOURCE} failed to compile, but its output does not match "
                         "'${regex}':\n${output}")
+  endif()
+endforeach()
+file(STRINGS "${SOURCE}" refusals REGEX "^[ \t]*//[ \t]*unexpected-error:")
+foreach(refusal IN LISTS refusals)
+  string(REGEX REPLACE "^[ \t]*//[ \t]*unexpected-error:[ \t]*" "" regex "${refusal}")
+  if(output MATCHES "${regex}")
+    message(FATAL_ERROR "${SOURCE} failed to compile, but its output also matches "
+                        "'${regex}', which it must not:\n${output}")
   endif()
 endforeach()
 message(STATUS "${SOURCE} fails to compile, as it must")

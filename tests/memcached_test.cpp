@@ -174,11 +174,11 @@ TEST(memcached_values, a_value_over_the_item_size_is_a_size_error_and_changes_no
   const std::string two_mb(2 << 20, 'x');
   EXPECT_THROW(d.set("k", two_mb), ipc::size_error);
   EXPECT_EQ(d.at("k"), "old");
-  EXPECT_THROW(d.insert("new", two_mb), ipc::size_error);
+  EXPECT_THROW((void)d.insert("new", two_mb), ipc::size_error);
   EXPECT_FALSE(d.contains("new"));
   EXPECT_THROW(d.update("k", [&](std::optional<std::string>) { return two_mb; }), ipc::size_error);
   EXPECT_EQ(d.at("k"), "old");
-  EXPECT_THROW(d.compare_exchange("k", std::string("old"), two_mb), ipc::size_error);
+  EXPECT_THROW((void)d.compare_exchange("k", std::string("old"), two_mb), ipc::size_error);
   EXPECT_EQ(d.at("k"), "old");
 
   // Exactly the limit: memcached also counts the key and a header, so it is refused too.
@@ -218,7 +218,7 @@ TEST(memcached_values, a_value_the_server_refuses_is_a_size_error_and_changes_no
     EXPECT_THROW(d.update("k", [&](std::optional<std::string>) { return two_mb; }),
                  ipc::size_error);
     EXPECT_EQ(d.at("k"), "old");
-    EXPECT_THROW(d.insert("absent", two_mb), ipc::size_error);
+    EXPECT_THROW((void)d.insert("absent", two_mb), ipc::size_error);
     EXPECT_FALSE(d.contains("absent"));
   }
 }

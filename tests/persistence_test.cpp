@@ -152,6 +152,46 @@ TEST(persistence, values_survive_sigkill_of_every_process) {
   EXPECT_EQ(d.get("total"), kProcs + 1);
 }
 
+// stats().recoveries counts the recoveries that something broke made necessary; the
+// DB_RECOVER of a first open (a new home, one closed cleanly, one whose processes were all
+// killed) is routine and counted apart. Before, every first open counted as a recovery.
+TEST(persistence, first_opens_are_not_counted_as_recoveries) {
+  temp_dir dir;
+  const auto opts = options_for(dir.file("home"), true);
+  const auto first_open = [&](std::uint64_t recoveries) {
+    EXPECT_TRUE(all_ok(run_child([&] {
+      int_dict d{opts};
+      d.increment("opens");
+      EXPECT_EQ(ipc::bsddb::stats().first_open_recoveries, recoveries == 0 ? 1u : 0u);
+      EXPECT_EQ(ipc::bsddb::stats().recoveries, recoveries);
+    })));
+  };
+  first_open(0);  // a new home
+  first_open(0);  // closed cleanly
+  signal_pipe opened;
+  auto pids = fork_children(2, [&](int) {
+    int_dict d{opts};
+    d.increment("opens");
+    opened.send();
+    for (;;) ::pause();
+  });
+  const bool both = opened.wait(2);
+  for (pid_t p : pids) EXPECT_TRUE(kill_child(p).killed_by(SIGKILL));
+  ASSERT_TRUE(both);
+  first_open(0);  // every process killed: its log is replayed, as at any first open
+  // A process that died while it created the environment ("opening" in the lock file): the next
+  // one recovers because something broke.
+  EXPECT_TRUE(all_ok(run_child([&] {
+    ipc::detail::bdb::home_lease lease(ipc::detail::canonical_home(opts.homedir), true, 0600,
+                                       false);
+    lease.write_epoch(lease.read_epoch().epoch, true);
+    ::_exit(0);
+  })));
+  first_open(1);
+  int_dict d{opts};
+  EXPECT_EQ(d.get("opens"), 6);
+}
+
 TEST(persistence, writes_that_returned_survive_sigkill_mid_stream) {
   // A writer reports each write after it returned; it is killed while writing. Every reported
   // write must be there, and the next processes must not hang.

@@ -117,7 +117,7 @@ TEST(threads, one_copied_handle_shared_by_many_threads) {
           shared.increment("shared");
           shared.set(mine, i);
           if (shared.get(mine) != i) ++errors;  // nobody else writes this key
-          shared.compare_exchange("cas", std::nullopt, 0);
+          (void)shared.compare_exchange("cas", std::nullopt, 0);
           for (;;) {  // a CAS loop must not lose increments either
             std::int64_t cur = shared.get("cas").value_or(0);
             if (shared.compare_exchange("cas", cur, cur + 1)) break;

@@ -68,85 +68,68 @@ struct probe_visit {
   void operator()(std::string_view, std::string_view) const {}
 };
 
-template <class B, class = void>
-struct has_options : std::false_type {};
-template <class B>
-struct has_options<B, std::void_t<typename B::options>> : std::true_type {};
+/// Whether Op<B> is well-formed (the detection idiom): has_member<B, get_call> and the like.
+template <class B, template <class> class Op, class = void>
+struct has_member : std::false_type {};
+template <class B, template <class> class Op>
+struct has_member<B, Op, std::void_t<Op<B>>> : std::true_type {};
 
-template <class B, class = void>
-struct has_get : std::false_type {};
+// One expression per member of the concept, as shared_dict calls it.
 template <class B>
-struct has_get<B, std::void_t<decltype(bool{std::declval<const B&>().get(
-                      std::string_view{}, probe_consume{})})>> : std::true_type {};
+using options_type = typename B::options;
+template <class B>
+using get_call = decltype(bool{std::declval<const B&>().get(std::string_view{}, probe_consume{})});
+template <class B>
+using exists_call = decltype(bool{std::declval<const B&>().exists(std::string_view{})});
+template <class B>
+using put_call = decltype(std::declval<B&>().put(std::string_view{}, std::string_view{}));
+template <class B>
+using add_call = decltype(bool{std::declval<B&>().add(std::string_view{}, std::string_view{})});
+template <class B>
+using remove_call = decltype(bool{std::declval<B&>().remove(std::string_view{})});
+template <class B>
+using modify_call = decltype(std::declval<B&>().modify(std::string_view{}, probe_step{}));
+template <class B>
+using sync_call = decltype(std::declval<B&>().sync());
+template <class B>
+using for_each_call = decltype(std::declval<const B&>().for_each(probe_visit{}));
+template <class B>
+using count_call = decltype(std::size_t{std::declval<const B&>().count()});
+template <class B>
+using empty_call = decltype(bool{std::declval<const B&>().empty()});
+template <class B>
+using clear_call = decltype(std::declval<B&>().clear());
+template <class B>
+using increment_call = decltype(bool{std::declval<B&>().increment(std::string_view{},
+                                                                  std::uint64_t{},
+                                                                  std::declval<std::uint64_t&>())});
 
-template <class B, class = void>
-struct has_exists : std::false_type {};
 template <class B>
-struct has_exists<B,
-                  std::void_t<decltype(bool{std::declval<const B&>().exists(std::string_view{})})>>
-    : std::true_type {};
-
-template <class B, class = void>
-struct has_put : std::false_type {};
+using has_options = has_member<B, options_type>;
 template <class B>
-struct has_put<
-    B, std::void_t<decltype(std::declval<B&>().put(std::string_view{}, std::string_view{}))>>
-    : std::true_type {};
-
-template <class B, class = void>
-struct has_add : std::false_type {};
+using has_get = has_member<B, get_call>;
 template <class B>
-struct has_add<
-    B, std::void_t<decltype(bool{std::declval<B&>().add(std::string_view{}, std::string_view{})})>>
-    : std::true_type {};
-
-template <class B, class = void>
-struct has_remove : std::false_type {};
+using has_exists = has_member<B, exists_call>;
 template <class B>
-struct has_remove<B, std::void_t<decltype(bool{std::declval<B&>().remove(std::string_view{})})>>
-    : std::true_type {};
-
-template <class B, class = void>
-struct has_modify : std::false_type {};
+using has_put = has_member<B, put_call>;
 template <class B>
-struct has_modify<
-    B, std::void_t<decltype(std::declval<B&>().modify(std::string_view{}, probe_step{}))>>
-    : std::true_type {};
-
-template <class B, class = void>
-struct has_sync : std::false_type {};
+using has_add = has_member<B, add_call>;
 template <class B>
-struct has_sync<B, std::void_t<decltype(std::declval<B&>().sync())>> : std::true_type {};
-
-template <class B, class = void>
-struct has_for_each : std::false_type {};
+using has_remove = has_member<B, remove_call>;
 template <class B>
-struct has_for_each<B, std::void_t<decltype(std::declval<const B&>().for_each(probe_visit{}))>>
-    : std::true_type {};
-
-template <class B, class = void>
-struct has_count : std::false_type {};
+using has_modify = has_member<B, modify_call>;
 template <class B>
-struct has_count<B, std::void_t<decltype(std::size_t{std::declval<const B&>().count()})>>
-    : std::true_type {};
-
-template <class B, class = void>
-struct has_empty : std::false_type {};
+using has_sync = has_member<B, sync_call>;
 template <class B>
-struct has_empty<B, std::void_t<decltype(bool{std::declval<const B&>().empty()})>>
-    : std::true_type {};
-
-template <class B, class = void>
-struct has_clear : std::false_type {};
+using has_for_each = has_member<B, for_each_call>;
 template <class B>
-struct has_clear<B, std::void_t<decltype(std::declval<B&>().clear())>> : std::true_type {};
-
-template <class B, class = void>
-struct has_increment : std::false_type {};
+using has_count = has_member<B, count_call>;
 template <class B>
-struct has_increment<B, std::void_t<decltype(bool{std::declval<B&>().increment(
-                            std::string_view{}, std::uint64_t{}, std::declval<std::uint64_t&>())})>>
-    : std::true_type {};
+using has_empty = has_member<B, empty_call>;
+template <class B>
+using has_clear = has_member<B, clear_call>;
+template <class B>
+using has_increment = has_member<B, increment_call>;
 
 template <class B, class = void>
 struct has_open_constructor : std::false_type {};

@@ -31,6 +31,7 @@
 #include "detail/bdb_landed_commits.hpp"
 #include "detail/bdb_registry.hpp"
 #include "detail/bdb_space.hpp"
+#include "detail/scoped_set.hpp"
 #include "error.hpp"
 #include "shared_dict.hpp"
 
@@ -59,13 +60,13 @@ class backend {
 
   template <class F>
   bool get(std::string_view key, F&& consume) const {
-    thread_local std::string buffer;
+    thread_local std::string buffer, key_copy;
     if (buffer.size() < 512) buffer.resize(512);
-    DBT k = detail::bdb::make_dbt(key);
     DBT v;
     std::memset(&v, 0, sizeof v);
     v.flags = DB_DBT_USERMEM;
     int rc = run("DB->get", [&](detail::bdb::database& d) {
+      DBT k = detail::bdb::lookup_dbt(d, key, key_copy);
       for (;;) {
         v.data = buffer.data();
         v.ulen = static_cast<u_int32_t>(buffer.size());
@@ -81,8 +82,9 @@ class backend {
   }
 
   bool exists(std::string_view key) const {
-    DBT k = detail::bdb::make_dbt(key);
+    thread_local std::string key_copy;
     return run("DB->exists", [&](detail::bdb::database& d) {
+             DBT k = detail::bdb::lookup_dbt(d, key, key_copy);
              return detail::bdb::guarded(
                  d, [&] { return d.handle()->exists(d.handle(), nullptr, &k, 0); });
            }) == 0;
@@ -340,17 +342,9 @@ class backend {
     thread_local const detail::bdb::database* db = nullptr;
     return db;
   }
-  class rmw_scope {
+  class rmw_scope : detail::scoped_set<const detail::bdb::database*> {
    public:
-    explicit rmw_scope(const detail::bdb::database* db) noexcept : previous_(rmw_database()) {
-      rmw_database() = db;
-    }
-    ~rmw_scope() { rmw_database() = previous_; }
-    rmw_scope(const rmw_scope&) = delete;
-    rmw_scope& operator=(const rmw_scope&) = delete;
-
-   private:
-    const detail::bdb::database* previous_;
+    explicit rmw_scope(const detail::bdb::database* db) noexcept : scoped_set(rmw_database(), db) {}
   };
 
   /// Runs `op` on the current database, retrying it after a deadlock and redoing it after a
@@ -473,11 +467,13 @@ class backend {
     DBT v;
     std::memset(&v, 0, sizeof v);
     v.flags = DB_DBT_USERMEM;
+    thread_local std::string key_copy;
+    DBT lookup = detail::bdb::lookup_dbt(d, detail::bdb::bytes_of(k), key_copy);
     int rc;
     for (;;) {
       v.data = current_value.data();
       v.ulen = static_cast<u_int32_t>(current_value.size());
-      rc = detail::bdb::guarded(d, [&] { return db->get(db, txn.get(), &k, &v, DB_RMW); });
+      rc = detail::bdb::guarded(d, [&] { return db->get(db, txn.get(), &lookup, &v, DB_RMW); });
       if (rc != DB_BUFFER_SMALL) break;
       current_value.resize(v.size);
     }

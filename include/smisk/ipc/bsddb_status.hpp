@@ -12,37 +12,53 @@ namespace smisk::ipc::bsddb {
 
 /// What the library did in this process (all dicts together).
 struct statistics {
-  std::uint64_t deadlock_retries;        ///< operations retried after a deadlock
-  std::uint64_t checkpoints;             ///< checkpoints taken
-  std::uint64_t environments_opened;     ///< DB_ENV handles opened (after fork and recovery too)
-  std::uint64_t stale_homes_cleaned;     ///< temporary homes left by crashed processes, wiped
-  std::uint64_t homes_removed;           ///< temporary home directories removed by the last user
-  std::uint64_t recoveries;              ///< Berkeley DB recoveries this process ran (DB_RECOVER)
-  std::uint64_t dead_process_checks;     ///< failchk runs that found a dead process's damage
-  std::uint64_t environments_abandoned;  ///< broken environments left open (threads stuck inside)
-  std::uint64_t dead_mutex_owners;       ///< libdb mutexes found held by a dead process
-  std::uint64_t aborted_waits;           ///< waits inside a broken environment made to fail
-  std::uint64_t libdb_faults;  ///< libdb calls (deadlock detector, failchk) that faulted on a dead
-                               ///< process's half-made structures; each became a recovery
-  std::uint64_t lock_conflicts;  ///< read-modify-writes retried because the key's lock was busy
-                                 ///< (they do not queue at first, see backend::modify)
-  std::uint64_t writes_found_landed;  ///< writes whose commit a break interrupted, found applied
-                                      ///< after recovery (and so not redone)
-  std::uint64_t writes_redone;        ///< writes whose commit a break interrupted, found not
-                                      ///< applied after recovery (and so redone)
+  std::uint64_t deadlock_retries = 0;     ///< operations retried after a deadlock
+  std::uint64_t checkpoints = 0;          ///< checkpoints taken
+  std::uint64_t environments_opened = 0;  ///< DB_ENV handles opened (after fork and recovery too)
+  std::uint64_t stale_homes_cleaned = 0;  ///< temporary homes left by crashed processes, wiped
+  std::uint64_t homes_removed = 0;        ///< temporary home directories removed by the last user
+  /// Berkeley DB recoveries this process ran because something broke: a process died inside
+  /// the library while others used the home, or while it created or recovered the environment.
+  std::uint64_t recoveries = 0;
+  /// DB_RECOVER runs at the first open of a home no live process used (a new home, one closed
+  /// cleanly, or one whose processes were all killed, whose log it then replays): routine, not
+  /// a sign that anything broke.
+  std::uint64_t first_open_recoveries = 0;
+  std::uint64_t dead_process_checks = 0;     ///< failchk runs that found a dead process's damage
+  std::uint64_t environments_abandoned = 0;  ///< broken environments left open (threads inside)
+  std::uint64_t dead_mutex_owners = 0;       ///< libdb mutexes found held by a dead process
+  std::uint64_t aborted_waits = 0;           ///< waits inside a broken environment made to fail
+  std::uint64_t libdb_faults = 0;    ///< libdb calls (deadlock detector, failchk) that faulted on a
+                                     ///< dead process's half-made structures; each a recovery
+  std::uint64_t lock_conflicts = 0;  ///< read-modify-writes retried because the key's lock was
+                                     ///< busy (they do not queue at first, see backend::modify)
+  std::uint64_t writes_found_landed = 0;  ///< writes whose commit a break interrupted, found
+                                          ///< applied after recovery (and so not redone)
+  std::uint64_t writes_redone = 0;        ///< writes whose commit a break interrupted, found not
+                                          ///< applied after recovery (and so redone)
 };
 
 /// The counters of this process.
 inline statistics stats() noexcept {
-  auto& s = detail::bdb::stats();
-  auto& r = detail::robust::event_counts;
-  return {s.deadlock_retries.load(),    s.checkpoints.load(),
-          s.environments_opened.load(), s.stale_homes_cleaned.load(),
-          s.homes_removed.load(),       s.recoveries.load(),
-          s.failchk_errors.load(),      s.environments_abandoned.load(),
-          r.owner_died.load(),          r.waits_failed.load(),
-          r.libdb_faults.load(),        s.lock_conflicts.load(),
-          s.writes_found_landed.load(), s.writes_redone.load()};
+  const auto& s = detail::bdb::stats();
+  const auto& r = detail::robust::event_counts;
+  statistics out;
+  out.deadlock_retries = s.deadlock_retries.load();
+  out.checkpoints = s.checkpoints.load();
+  out.environments_opened = s.environments_opened.load();
+  out.stale_homes_cleaned = s.stale_homes_cleaned.load();
+  out.homes_removed = s.homes_removed.load();
+  out.recoveries = s.recoveries.load();
+  out.first_open_recoveries = s.first_open_recoveries.load();
+  out.dead_process_checks = s.failchk_errors.load();
+  out.environments_abandoned = s.environments_abandoned.load();
+  out.dead_mutex_owners = r.owner_died.load();
+  out.aborted_waits = r.waits_failed.load();
+  out.libdb_faults = r.libdb_faults.load();
+  out.lock_conflicts = s.lock_conflicts.load();
+  out.writes_found_landed = s.writes_found_landed.load();
+  out.writes_redone = s.writes_redone.load();
+  return out;
 }
 
 /// What the library does to this process to survive processes killed inside Berkeley DB (see

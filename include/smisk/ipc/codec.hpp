@@ -103,28 +103,6 @@ std::string codec_name() {
   }
 }
 
-/// A stored type description (one tag per line) as smisk-ipc before 2026-11-25 wrote it: enum
-/// tags without the enum's name ("enum:i32" for "enum:i32:5color"). A dict created then is
-/// opened (and its description upgraded) as the enum it holds.
-inline std::string without_enum_names(std::string_view text) {
-  std::string out;
-  out.reserve(text.size());
-  while (!text.empty()) {
-    const std::size_t eol = text.find('\n');
-    std::string_view line = text.substr(0, eol);
-    const std::size_t tag = line.find("enum:");
-    if (tag != std::string_view::npos) {
-      const std::size_t name = line.find(':', tag + 5);
-      if (name != std::string_view::npos) line = line.substr(0, name);
-    }
-    out.append(line);
-    if (eol == std::string_view::npos) break;
-    out.push_back('\n');
-    text.remove_prefix(eol + 1);
-  }
-  return out;
-}
-
 [[noreturn]] inline void throw_decode_error(std::string_view type, std::string_view bytes) {
   std::string shown;
   for (char c : bytes.substr(0, 40)) {
@@ -260,6 +238,9 @@ class encoded {
       bytes_ = buffer_;
     }
   }
+  /// A std::string key looked up through a view (shared_dict::key_view): its bytes are the view.
+  template <class U = T, class = std::enable_if_t<std::is_same_v<U, std::string>>>
+  explicit encoded(std::string_view v) noexcept : bytes_(v) {}
   encoded(const encoded&) = delete;
   encoded& operator=(const encoded&) = delete;
   [[nodiscard]] std::string_view bytes() const noexcept { return bytes_; }

@@ -16,6 +16,7 @@
 
 #include "backend.hpp"
 #include "codec.hpp"
+#include "detail/scoped_set.hpp"
 #include "error.hpp"
 
 namespace smisk::ipc {
@@ -32,17 +33,9 @@ inline const void*& active_modify() noexcept {
   return backend;
 }
 /// Marks a read-modify-write function of `backend` as running on this thread.
-class modify_scope {
+class modify_scope : scoped_set<const void*> {
  public:
-  explicit modify_scope(const void* backend) noexcept : previous_(active_modify()) {
-    active_modify() = backend;
-  }
-  ~modify_scope() { active_modify() = previous_; }
-  modify_scope(const modify_scope&) = delete;
-  modify_scope& operator=(const modify_scope&) = delete;
-
- private:
-  const void* previous_;
+  explicit modify_scope(const void* backend) noexcept : scoped_set(active_modify(), backend) {}
 };
 }  // namespace detail
 
@@ -66,6 +59,10 @@ class shared_dict {
   class reference;
   class const_iterator;
   using iterator = const_iterator;
+  /// What lookups (get, at, contains, erase, reading d[k]) take: a std::string_view for
+  /// std::string keys, so that a literal or a view is looked up without building a std::string;
+  /// `const K&` otherwise.
+  using key_view = std::conditional_t<std::is_same_v<K, std::string>, std::string_view, const K&>;
 
   /// Opens the dict with default options (for bsddb: a temporary dict shared by every process
   /// of this program and user).
@@ -81,7 +78,7 @@ class shared_dict {
 
   /// The value stored under `key`, or nothing.
   /// @throws codec_error if the stored bytes do not decode as V.
-  [[nodiscard]] std::optional<V> get(const K& key) const {
+  [[nodiscard]] std::optional<V> get(key_view key) const {
     check_reentry();
     std::optional<V> result;
     detail::encoded<K> k(key);
@@ -91,21 +88,21 @@ class shared_dict {
   }
 
   /// The value stored under `key`, or `fallback`.
-  [[nodiscard]] V get(const K& key, V fallback) const {
+  [[nodiscard]] V get(key_view key, V fallback) const {
     std::optional<V> v = get(key);
     return v ? std::move(*v) : std::move(fallback);
   }
 
   /// The value stored under `key`.
   /// @throws key_error if there is none.
-  [[nodiscard]] V at(const K& key) const {
+  [[nodiscard]] V at(key_view key) const {
     std::optional<V> v = get(key);
     if (!v) throw_key_error(key);
     return std::move(*v);
   }
 
   /// Whether `key` is stored.
-  [[nodiscard]] bool contains(const K& key) const {
+  [[nodiscard]] bool contains(key_view key) const {
     check_reentry();
     detail::encoded<K> k(key);
     return backend_->exists(k.bytes());
@@ -114,7 +111,7 @@ class shared_dict {
   /// `d[k] = v` stores, `V v = d[k]` reads (throwing key_error when absent, like Python).
   [[nodiscard]] reference operator[](const K& key) { return reference(*this, key); }
   /// Reads `key`. @throws key_error when absent.
-  [[nodiscard]] V operator[](const K& key) const { return at(key); }
+  [[nodiscard]] V operator[](key_view key) const { return at(key); }
 
   // ---- change -----------------------------------------------------------------------------
 
@@ -126,8 +123,8 @@ class shared_dict {
     backend_->put(k.bytes(), v.bytes());
   }
 
-  /// Stores `value` only if `key` is absent. @returns true if it was absent.
-  bool insert(const K& key, const V& value) {
+  /// Stores `value` only if `key` is absent. @returns true if it was absent (and so stored).
+  [[nodiscard]] bool insert(const K& key, const V& value) {
     check_reentry();
     detail::encoded<K> k(key);
     detail::encoded<V> v(value);
@@ -152,7 +149,7 @@ class shared_dict {
   }
 
   /// Removes `key`. @returns true if it was there.
-  bool erase(const K& key) {
+  bool erase(key_view key) {
     check_reentry();
     detail::encoded<K> k(key);
     return backend_->remove(k.bytes());
@@ -199,45 +196,58 @@ class shared_dict {
   /// added to by the engine itself when `delta` is not negative. @returns the new value.
   /// @throws overflow_error if a signed integer would overflow; codec_error if the stored bytes
   /// are not a V.
-  V increment(const K& key, V delta = V(1)) {
-    static_assert(std::is_arithmetic_v<V> && !std::is_same_v<V, bool>,
-                  "smisk::ipc: increment() needs an arithmetic value type; use update() otherwise");
-    if constexpr (native_increment) {
-      if (!(delta < V(0))) {
-        check_reentry();
-        detail::encoded<K> k(key);
-        const auto d = static_cast<std::uint64_t>(delta);
-        std::uint64_t sum = 0;
-        if (backend_->increment(k.bytes(), d, sum)) {
-          if (sum <= static_cast<std::uint64_t>(std::numeric_limits<V>::max()))
-            return static_cast<V>(sum);
-          // A signed counter went past its maximum: take this call's delta back out.
-          modify(k.bytes(), [d](const std::string_view* current, std::string& out) {
-            std::uint64_t n = 0;
-            if (current == nullptr || !detail::parse_unsigned(*current, n))
-              return modify_action::keep;  // replaced meanwhile: nothing of this call is left
-            out = std::to_string(n - d);
-            return modify_action::store;
-          });
-          throw_overflow(delta);
+  V increment(const K& key, V delta) {
+    static_assert(counter_value,
+                  "smisk::ipc: increment() needs an arithmetic value type (an "
+                  "integer or a floating-point number); use update() otherwise");
+    if constexpr (counter_value) {
+      if constexpr (native_increment) {
+        if (!(delta < V(0))) {
+          check_reentry();
+          detail::encoded<K> k(key);
+          const auto d = static_cast<std::uint64_t>(delta);
+          std::uint64_t sum = 0;
+          if (backend_->increment(k.bytes(), d, sum)) {
+            if (sum <= static_cast<std::uint64_t>(std::numeric_limits<V>::max()))
+              return static_cast<V>(sum);
+            // A signed counter went past its maximum: take this call's delta back out.
+            modify(k.bytes(), [d](const std::string_view* current, std::string& out) {
+              std::uint64_t n = 0;
+              if (current == nullptr || !detail::parse_unsigned(*current, n))
+                return modify_action::keep;  // replaced meanwhile: nothing of this call is left
+              out = std::to_string(n - d);
+              return modify_action::store;
+            });
+            throw_overflow("increment", delta);
+          }
         }
       }
+      return update(key, [delta](std::optional<V> v) {
+        const V current = v.value_or(V(0));
+        if constexpr (std::is_integral_v<V> && std::is_signed_v<V>) {
+          V sum;
+          if (__builtin_add_overflow(current, delta, &sum)) throw_overflow("increment", delta);
+          return sum;
+        } else {
+          return static_cast<V>(current + delta);  // unsigned: modulo 2^N, as in C++
+        }
+      });
+    } else {
+      return delta;
     }
-    return update(key, [delta](std::optional<V> v) {
-      const V current = v.value_or(V(0));
-      if constexpr (std::is_integral_v<V> && std::is_signed_v<V>) {
-        V sum;
-        if (__builtin_add_overflow(current, delta, &sum)) throw_overflow(delta);
-        return sum;
-      } else {
-        return static_cast<V>(current + delta);  // unsigned: modulo 2^N, as in C++
-      }
-    });
+  }
+  /// increment(key, 1).
+  V increment(const K& key) {
+    static_assert(counter_value,
+                  "smisk::ipc: increment() needs an arithmetic value type (an "
+                  "integer or a floating-point number); use update() otherwise");
+    return increment(key, one());
   }
 
   /// Stores `desired` if the stored value equals `expected` (nothing means "absent"). Values are
   /// compared by their stored bytes. @returns whether it stored.
-  bool compare_exchange(const K& key, const std::optional<V>& expected, const V& desired) {
+  [[nodiscard]] bool compare_exchange(const K& key, const std::optional<V>& expected,
+                                      const V& desired) {
     detail::encoded<K> k(key);
     detail::encoded<V> d(desired);
     std::optional<std::string> want;
@@ -338,8 +348,18 @@ class shared_dict {
 
   // ---- the proxy and the iterator --------------------------------------------------------------
 
-  /// What `d[k]` returns: assignable, and convertible to V (reading throws key_error if absent).
+  /// What `d[k]` returns: a live reference to the value stored under `k`, which behaves like
+  /// the value where it can. `d[k] = v` stores; `V v = d[k]`, comparisons with a value
+  /// (`d[k] == "x"`), `std::cout << d[k]` and `d[k]->member()` read (and throw key_error when
+  /// the key is absent); on arithmetic values `+=`, `-=`, `++` and `--` are atomic increments.
+  /// Every use reads or writes the dict again: `auto v = d[k];` keeps the reference, not the
+  /// value (write `V v = d[k]` or `d.at(k)` for a copy).
   class reference {
+    /// Comparisons with anything but another reference (those compare both values).
+    template <class U>
+    using other = std::enable_if_t<!std::is_same_v<U, reference>, int>;
+    static constexpr bool integer_value = std::is_integral_v<V> && !std::is_same_v<V, bool>;
+
    public:
     reference(shared_dict& d, const K& key) : dict_(&d), key_(key) {}
     reference(const reference&) = default;
@@ -353,20 +373,135 @@ class shared_dict {
       dict_->set(key_, other.value());
       return *this;
     }
-    template <class U = V, class = std::enable_if_t<std::is_arithmetic_v<U>>>
-    reference& operator+=(U delta) {
-      dict_->increment(key_, delta);
+    /// Atomic `increment(k, delta)`.
+    template <class U>
+    reference& operator+=(const U& delta) {
+      static_assert(counter_value,
+                    "smisk::ipc: d[k] += n needs an arithmetic value type; use "
+                    "update() otherwise");
+      if constexpr (counter_value) dict_->increment(key_, static_cast<V>(delta));
       return *this;
     }
-    template <class U = V, class = std::enable_if_t<std::is_arithmetic_v<U>>>
-    reference& operator-=(U delta) {
-      dict_->increment(key_, static_cast<V>(-delta));
+    /// Atomic `increment(k, -delta)`.
+    template <class U>
+    reference& operator-=(const U& delta) {
+      static_assert(counter_value,
+                    "smisk::ipc: d[k] -= n needs an arithmetic value type; use "
+                    "update() otherwise");
+      if constexpr (counter_value) dict_->subtract(key_, static_cast<V>(delta));
       return *this;
+    }
+    /// Atomic `increment(k)`; `d[k]++` returns the value before it.
+    reference& operator++() {
+      static_assert(integer_value, "smisk::ipc: ++d[k] needs an integer value type");
+      dict_->increment(key_, one());
+      return *this;
+    }
+    V operator++(int) {
+      static_assert(integer_value, "smisk::ipc: d[k]++ needs an integer value type");
+      return static_cast<V>(dict_->increment(key_, one()) - one());
+    }
+    reference& operator--() {
+      static_assert(integer_value, "smisk::ipc: --d[k] needs an integer value type");
+      dict_->subtract(key_, one());
+      return *this;
+    }
+    V operator--(int) {
+      static_assert(integer_value, "smisk::ipc: d[k]-- needs an integer value type");
+      return static_cast<V>(dict_->subtract(key_, one()) + one());
     }
 
     /// @throws key_error when absent.
     [[nodiscard]] V value() const { return dict_->at(key_); }
     operator V() const { return value(); }  // NOLINT(google-explicit-constructor): dict sugar
+
+    /// `d[k]->size()`: a member of a copy of the value. @throws key_error when absent.
+    class arrow {
+     public:
+      const V* operator->() const noexcept { return &value_; }
+
+     private:
+      friend class reference;
+      explicit arrow(V v) : value_(std::move(v)) {}
+      V value_;
+    };
+    [[nodiscard]] arrow operator->() const { return arrow(value()); }
+
+    // Comparisons with a value (`d[k] == "x"`, `0 < d[k]`) and with another reference compare
+    // the stored values. @throws key_error when absent.
+    friend bool operator==(const reference& a, const reference& b) {
+      return a.value() == b.value();
+    }
+    friend bool operator!=(const reference& a, const reference& b) {
+      return a.value() != b.value();
+    }
+    template <class U, other<U> = 0>
+    friend auto operator==(const reference& a, const U& b)
+        -> decltype(std::declval<const V&>() == b) {
+      return a.value() == b;
+    }
+    template <class U, other<U> = 0>
+    friend auto operator==(const U& a, const reference& b)
+        -> decltype(a == std::declval<const V&>()) {
+      return a == b.value();
+    }
+    template <class U, other<U> = 0>
+    friend auto operator!=(const reference& a, const U& b)
+        -> decltype(std::declval<const V&>() != b) {
+      return a.value() != b;
+    }
+    template <class U, other<U> = 0>
+    friend auto operator!=(const U& a, const reference& b)
+        -> decltype(a != std::declval<const V&>()) {
+      return a != b.value();
+    }
+    template <class U, other<U> = 0>
+    friend auto operator<(const reference& a, const U& b)
+        -> decltype(std::declval<const V&>() < b) {
+      return a.value() < b;
+    }
+    template <class U, other<U> = 0>
+    friend auto operator<(const U& a, const reference& b)
+        -> decltype(a < std::declval<const V&>()) {
+      return a < b.value();
+    }
+    template <class U, other<U> = 0>
+    friend auto operator>(const reference& a, const U& b)
+        -> decltype(std::declval<const V&>() > b) {
+      return a.value() > b;
+    }
+    template <class U, other<U> = 0>
+    friend auto operator>(const U& a, const reference& b)
+        -> decltype(a > std::declval<const V&>()) {
+      return a > b.value();
+    }
+    template <class U, other<U> = 0>
+    friend auto operator<=(const reference& a, const U& b)
+        -> decltype(std::declval<const V&>() <= b) {
+      return a.value() <= b;
+    }
+    template <class U, other<U> = 0>
+    friend auto operator<=(const U& a, const reference& b)
+        -> decltype(a <= std::declval<const V&>()) {
+      return a <= b.value();
+    }
+    template <class U, other<U> = 0>
+    friend auto operator>=(const reference& a, const U& b)
+        -> decltype(std::declval<const V&>() >= b) {
+      return a.value() >= b;
+    }
+    template <class U, other<U> = 0>
+    friend auto operator>=(const U& a, const reference& b)
+        -> decltype(a >= std::declval<const V&>()) {
+      return a >= b.value();
+    }
+
+    /// `std::cout << d[k]` prints the value. @throws key_error when absent.
+    template <class Stream>
+    friend auto operator<<(Stream& out, const reference& r)
+        -> decltype(out << std::declval<const V&>()) {
+      return out << r.value();
+    }
 
    private:
     shared_dict* dict_;
@@ -442,18 +577,42 @@ class shared_dict {
         "update(), or use the value passed to it. The key is unchanged");
   }
 
+  /// Whether increment() and the arithmetic of d[k] work on V.
+  static constexpr bool counter_value = std::is_arithmetic_v<V> && !std::is_same_v<V, bool>;
+  static V one() {
+    if constexpr (counter_value)
+      return V(1);
+    else
+      return V();
+  }
+
+  /// Atomically subtracts `delta` (d[k] -= delta). Negating the smallest signed integer is
+  /// undefined, so that one delta is subtracted as it is.
+  V subtract(const K& key, V delta) {
+    if constexpr (std::is_integral_v<V> && std::is_signed_v<V>) {
+      if (delta == std::numeric_limits<V>::min())
+        return update(key, [delta](std::optional<V> v) {
+          V difference;
+          if (__builtin_sub_overflow(v.value_or(V(0)), delta, &difference))
+            throw_overflow("decrement", delta);
+          return difference;
+        });
+    }
+    return increment(key, static_cast<V>(-delta));  // unsigned: modulo 2^N, as in C++
+  }
+
   /// Whether increment() lets the backend add to 64-bit integers itself.
   static constexpr bool native_increment =
       backend_traits<Backend>::can_increment && std::is_integral_v<V> &&
       sizeof(V) == sizeof(std::uint64_t) && detail::is_decimal_coded<V>::value;
 
-  [[noreturn]] static void throw_overflow(V delta) {
-    throw overflow_error("smisk::ipc: increment by " + std::to_string(delta) +
+  [[noreturn]] static void throw_overflow(const char* what, V delta) {
+    throw overflow_error(std::string("smisk::ipc: ") + what + " by " + std::to_string(delta) +
                          " would overflow the stored " + std::string(codec<V>::name) +
                          "; the value is unchanged");
   }
 
-  [[noreturn]] static void throw_key_error(const K& key) {
+  [[noreturn]] static void throw_key_error(key_view key) {
     std::string shown;
     if constexpr (std::is_convertible_v<const K&, std::string_view>) {
       shown = std::string(std::string_view(key).substr(0, 200));

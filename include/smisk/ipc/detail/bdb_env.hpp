@@ -20,6 +20,7 @@
 
 #include "../bsddb_options.hpp"
 #include "bdb_checkpoint_state.hpp"
+#include "bdb_env_config.hpp"
 #include "bdb_errors.hpp"
 #include "bdb_home_files.hpp"
 #include "bdb_landed_commits.hpp"
@@ -40,10 +41,6 @@ inline void block_signals_in_this_thread() noexcept {
   for (int sig : {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT}) ::sigdelset(&set, sig);
   (void)::pthread_sigmask(SIG_BLOCK, &set, nullptr);
 }
-
-/// The size of a log file: they are removed one by one after the checkpoints, so that the log a
-/// home keeps stays a few megabytes.
-inline constexpr u_int32_t log_file_bytes = 2u << 20;
 
 /// Whether the process's write number `n` (from 0) should take a checkpoint: every 64 writes
 /// (the first included, so that a process that writes less still takes its turn), if the home
@@ -113,18 +110,11 @@ class environment {
     try {
       // Recovery's own checkpoint must not remove the log files whose commits are recorded
       // below; log removal is switched on after that.
-      configure(o, !recover);
+      const u_int32_t flags = configure(o, !recover) | (recover ? DB_RECOVER : 0u);
       // Before the recovery: which environments' commits it records (see
       // bdb_landed_commits.hpp).
       const std::vector<std::uint32_t> landed_targets =
           recover ? begin_recovery(home_, retired_envid, o.mode) : std::vector<std::uint32_t>{};
-      // DB_REGISTER is not used: it recovers (and so panics every live process) whenever any
-      // process exited without closing, even one that held nothing. DB_FAILCHK at open is not
-      // used either: with Berkeley DB 5.3's pthread mutexes its internal failchk fails with
-      // "unable to destroy mutex" (EBUSY) after a process _exit()ed, where an explicit
-      // failchk() after the open succeeds.
-      u_int32_t flags = DB_CREATE | DB_INIT_MPOOL | DB_INIT_LOCK | DB_INIT_LOG | DB_INIT_TXN |
-                        DB_THREAD | (recover ? DB_RECOVER : 0u);
       // Inside a library call: the mutexes it creates are made robust, the descriptors it opens
       // are recorded (see robust_mutex.hpp), and a fault on half-made regions becomes a panic.
       rc = robust::call_guarded(env_, [&] {
@@ -132,7 +122,6 @@ class environment {
       });
       if (rc != 0) raise("DB_ENV->open", rc, lease_->home());
       if (recover) {
-        stats().recoveries.fetch_add(1, std::memory_order_relaxed);
         // Before anyone writes: which commits of the retired environment landed. Should that
         // fail, a thread interrupted in its commit gets commit_outcome::unknown, never a redo
         // of a write that may have landed.
@@ -335,31 +324,22 @@ class environment {
     if (rc == DB_RUNRECOVERY) abort_waits();
   }
 
-  void configure(const bsddb::options& o, bool remove_logs) {
+  /// The environment as configure_environment() makes it, with this library's memory and
+  /// messages. @returns the flags for DB_ENV->open.
+  u_int32_t configure(const bsddb::options& o, bool remove_logs) {
     // Memory that libdb hands to the library (DB_DBT_MALLOC and DB_DBT_REALLOC records) is
     // malloc's, freed with free(), never the environment's arena.
     check(env_->set_alloc(env_, &::malloc, &::realloc, &::free), "DB_ENV->set_alloc");
     env_->set_errcall(env_, &on_bdb_error);
     env_->set_msgcall(env_, &on_bdb_message);
-    const std::size_t cache = cache_size_for(o.cache_size, home_);
-    check(env_->set_cachesize(env_, static_cast<u_int32_t>(cache >> 30),
-                              static_cast<u_int32_t>(cache & ((std::size_t{1} << 30) - 1)), 1),
-          "DB_ENV->set_cachesize");
-    check(env_->set_lk_detect(env_, DB_LOCK_DEFAULT), "DB_ENV->set_lk_detect");
-    check(env_->set_lk_max_locks(env_, 20000), "DB_ENV->set_lk_max_locks");
-    check(env_->set_lk_max_objects(env_, 20000), "DB_ENV->set_lk_max_objects");
-    check(env_->set_lk_max_lockers(env_, 4000), "DB_ENV->set_lk_max_lockers");
-    check(env_->set_tx_max(env_, 1000), "DB_ENV->set_tx_max");
-    check(env_->set_thread_count(env_, 4000), "DB_ENV->set_thread_count");
-    check(env_->set_isalive(env_, &is_alive), "DB_ENV->set_isalive");
-    check(env_->set_lg_bsize(env_, 1u << 20), "DB_ENV->set_lg_bsize");
-    check(env_->set_lg_max(env_, log_file_bytes), "DB_ENV->set_lg_max");
-    check(env_->log_set_config(env_, DB_LOG_AUTO_REMOVE, remove_logs ? 1 : 0),
-          "DB_ENV->log_set_config");
-    if (o.durability == bsddb::durability_level::none)
-      check(env_->set_flags(env_, DB_TXN_NOSYNC, 1), "DB_ENV->set_flags");
-    else if (o.durability == bsddb::durability_level::process_crash)
-      check(env_->set_flags(env_, DB_TXN_WRITE_NOSYNC, 1), "DB_ENV->set_flags");
+    env_config c;
+    c.cache_bytes = cache_size_for(o.cache_size, home_);
+    c.durability = o.durability;
+    c.remove_logs = remove_logs;
+    c.is_alive = &is_alive;
+    const env_setup s = configure_environment(env_, c);
+    check(s.rc, s.failed);
+    return s.open_flags;
   }
   static void check(int rc, const char* origin) {
     if (rc != 0) raise(origin, rc);

@@ -1,11 +1,10 @@
-// smisk-ipc: the process-wide table of open environments and databases, and where a dict lives.
-// SPDX-License-Identifier: MIT
+// smisk-ipc: the process-wide table of open environments and databases, and where a dict lives;
+// what happens when an environment breaks is bdb_recovery.hpp's. SPDX-License-Identifier: MIT
 #pragma once
 
 #include <unistd.h>
 
-#include <chrono>
-#include <cstdint>
+#include <atomic>
 #include <cstdlib>
 #include <map>
 #include <memory>
@@ -13,17 +12,16 @@
 #include <optional>
 #include <string>
 #include <string_view>
-#include <vector>
 
 #include "../bsddb_options.hpp"
 #include "../error.hpp"
 #include "bdb_database.hpp"
 #include "bdb_env.hpp"
 #include "bdb_home_files.hpp"
-#include "bdb_stats.hpp"
+#include "bdb_recovery.hpp"
 #include "home_lease.hpp"
 #include "posix.hpp"
-#include "type_mismatch_hint.hpp"
+#include "type_tags.hpp"
 
 namespace smisk::ipc::detail::bdb {
 
@@ -91,7 +89,8 @@ class registry {
 
   /// Takes a broken environment out of service in this process: no new operation enters it,
   /// its handles are closed once the operations inside have left, and the next open() of its
-  /// home opens a new environment (running recovery if no other process has yet).
+  /// home opens a new environment (running recovery if no other process has yet). See
+  /// recovery::take_out_of_service.
   void recover(const std::shared_ptr<environment>& env) {
     std::lock_guard<std::mutex> lock(mutex_);
     recover_locked(env);
@@ -110,7 +109,7 @@ class registry {
       if (auto env = entry.second.lock()) env->quiesce();
     for (auto& entry : leases_)
       if (auto lease = entry.second.lock()) lease->leave();
-    for (auto& entry : recovering_leases_) entry.second->leave();
+    recovery_.leave_homes();
   }
 
  private:
@@ -159,41 +158,11 @@ class registry {
   }
 
   void recover_locked(const std::shared_ptr<environment>& env) {
-    if (env->generation() != fork_generation()) return;
-    env->mark_broken();
-    auto it = environments_.find(env->home());
-    if (it == environments_.end() || it->second.lock() != env) return;  // already done
-    environments_.erase(it);
-    broken_epochs_[env->home()] = env->epoch();
-    // Keep this process's membership of the home across the reopen: were the lease released
-    // here, a temporary home would look abandoned and be wiped.
-    recovering_leases_[env->home()] = env->lease_ptr();
-    std::vector<std::shared_ptr<database>> dbs;
-    for (auto d = databases_.begin(); d != databases_.end();) {
-      auto db = d->second.lock();
-      if (db && &db->env() == env.get()) {
-        dbs.push_back(std::move(db));
-        d = databases_.erase(d);
-      } else {
-        ++d;
-      }
-    }
-    // Threads of this process still inside the environment leave it with an error (robust
-    // mutexes, bounded waits); only then may its handles be closed. If they do not, the
-    // handles are abandoned rather than closed under them.
-    env->abort_waits();
-    if (env->drain(std::chrono::seconds(10))) {
-      for (auto& db : dbs) db->shutdown();
-      env->shutdown();
-    } else {
-      stats().environments_abandoned.fetch_add(1, std::memory_order_relaxed);
-      new std::shared_ptr<environment>(env);  // never closed
-    }
+    recovery_.take_out_of_service(env, environments_, databases_);
   }
 
-  /// Opens the environment of a home under its gate. The first process in runs recovery; a
-  /// process whose environment broke runs it if no other process has since (the epoch in the
-  /// lock file tells); anyone else joins and runs failchk.
+  /// Opens the environment of a home under its gate, recovering it if need be (see
+  /// recovery::open_under_gate).
   std::shared_ptr<environment> open_environment(const location& loc, const bsddb::options& o) {
     std::shared_ptr<home_lease> lease = leases_[loc.home].lock();
     std::optional<home_lease::gate_guard> gate;
@@ -210,37 +179,8 @@ class registry {
         if (lease) lease->unlock_gate();
       }
     } release{first ? lease.get() : nullptr};
-    const auto state = lease->read_epoch();
-    std::uint64_t epoch = state.epoch;
-    auto broke = broken_epochs_.find(loc.home);
-    // A process that died while it created or recovered the environment left its regions half
-    // made: joining them would wait (libdb retries for 18 s) and then fail. Recover instead.
-    bool recover = (first && lease->alone_at_open()) || state.interrupted ||
-                   (broke != broken_epochs_.end() && broke->second == epoch);
-    std::shared_ptr<environment> env;
-    if (!recover) {
-      // Without region files, this process creates the environment.
-      struct stat st;
-      const bool creating = ::stat((loc.home + "/__db.001").c_str(), &st) != 0;
-      if (creating) lease->write_epoch(epoch, true);
-      try {
-        env = std::make_shared<environment>(lease, o, false, epoch);
-        if (creating) lease->write_epoch(epoch, false);
-      } catch (const engine_error&) {
-        // Joining failed: failchk found that a dead process left the environment inconsistent
-        // (DB_RUNRECOVERY), or a process was killed while it created or recovered it ("unable
-        // to join the environment"). This process holds the gate: it recovers.
-        recover = true;
-      }
-    }
-    if (recover) {
-      lease->write_epoch(++epoch, true);
-      const std::uint32_t retired_envid = retire_regions(loc.home);
-      env = std::make_shared<environment>(lease, o, true, epoch, retired_envid);
-      lease->write_epoch(epoch, false);
-    }
+    std::shared_ptr<environment> env = recovery_.open_under_gate(loc.home, lease, first, o);
     leases_[loc.home] = lease;
-    recovering_leases_.erase(loc.home);
     return env;
   }
 
@@ -268,12 +208,11 @@ class registry {
 
   std::mutex mutex_;
   unsigned generation_ = fork_generation();
-  std::map<std::string, std::weak_ptr<environment>> environments_;
-  std::map<std::string, std::weak_ptr<database>> databases_;
+  environment_table environments_;
+  database_table databases_;
   std::map<std::string, std::string> formats_;
   std::map<std::string, std::weak_ptr<home_lease>> leases_;
-  std::map<std::string, std::uint64_t> broken_epochs_;
-  std::map<std::string, std::shared_ptr<home_lease>> recovering_leases_;
+  recovery recovery_;  // the broken environments' way back (bdb_recovery.hpp)
 };
 
 }  // namespace smisk::ipc::detail::bdb

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
+#include <string>
 
 #include "bdb_database.hpp"
 #include "bdb_space_guard.hpp"
@@ -46,12 +47,14 @@ inline space_need erase_need(std::uint64_t key, std::uint64_t value) noexcept {
 
 /// The size of the value stored under `k`, read in `txn` (with DB_RMW: the write that follows
 /// holds the lock anyway) without copying it. @returns 0, DB_NOTFOUND or libdb's error.
-inline int stored_size(database& d, DB_TXN* txn, DBT& k, std::uint64_t& size) {
+inline int stored_size(database& d, DB_TXN* txn, const DBT& k, std::uint64_t& size) {
   DB* db = d.handle();
+  thread_local std::string key_copy;
+  DBT key = lookup_dbt(d, bytes_of(k), key_copy);
   DBT v;
   std::memset(&v, 0, sizeof v);
   v.flags = DB_DBT_USERMEM;  // ulen 0: DB_BUFFER_SMALL, with the size
-  const int rc = guarded(d, [&] { return db->get(db, txn, &k, &v, DB_RMW); });
+  const int rc = guarded(d, [&] { return db->get(db, txn, &key, &v, DB_RMW); });
   if (rc != 0 && rc != DB_BUFFER_SMALL) return rc;
   size = v.size;
   return 0;

@@ -16,6 +16,7 @@ struct statistics {
   std::atomic<std::uint64_t> homes_removed{0};
   std::atomic<std::uint64_t> failchk_errors{0};
   std::atomic<std::uint64_t> recoveries{0};
+  std::atomic<std::uint64_t> first_open_recoveries{0};
   std::atomic<std::uint64_t> environments_abandoned{0};
   std::atomic<std::uint64_t> lock_conflicts{0};
   std::atomic<std::uint64_t> writes_found_landed{0};

@@ -25,7 +25,7 @@
 #include "../memcached_options.hpp"
 #include "memcached_client.hpp"
 #include "posix.hpp"
-#include "type_mismatch_hint.hpp"
+#include "type_tags.hpp"
 
 namespace smisk::ipc::detail::mc {
 
@@ -50,7 +50,7 @@ class store_core {
     prefix_ = detail::mc::namespace_prefix(name_);
     gen_key_ = prefix_ + ":gen";
     meta_key_ = prefix_ + ":meta";
-    type_tag_ = "smisk-ipc 1\n" + std::string(key_type) + "\n" + std::string(value_type);
+    type_tag_ = type_description{std::string(key_type), std::string(value_type)}.compact();
     pool_ = detail::mc::shared_pool(config);
     generations_.reset(new std::atomic<std::uint64_t>[pool_->node_count()]);
     for (std::size_t i = 0; i < pool_->node_count(); ++i) generations_[i].store(0);
@@ -353,8 +353,7 @@ class store_core {
       }
       if (have_tag && tag != type_tag_) {
         // Written before enum tags named the enum: upgraded (cas) to the current description.
-        const std::string legacy = detail::without_enum_names(type_tag_);
-        if (legacy == type_tag_ || tag != legacy) throw_type_mismatch(tag);
+        if (match_tags(tag, type_tag_) != tag_match::upgrade) throw_type_mismatch(tag);
         rc = attempt(h, node, "cas", [&] {
           return memcached_cas_by_key(h, group.data(), group.size(), meta_key_.data(),
                                       meta_key_.size(), type_tag_.data(), type_tag_.size(), 0,
@@ -392,7 +391,7 @@ class store_core {
 
   [[noreturn]] void throw_type_mismatch(const std::string& stored) const {
     auto show = [](std::string tag) {
-      const std::string header = "smisk-ipc 1\n";
+      const std::string_view header = type_description::header;
       if (tag.compare(0, header.size(), header) == 0) tag.erase(0, header.size());
       auto nl = tag.find('\n');
       if (nl != std::string::npos) tag.replace(nl, 1, " -> ");

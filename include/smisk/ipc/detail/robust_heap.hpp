@@ -15,6 +15,7 @@
 #include <thread>
 
 #include "robust_state.hpp"
+#include "scoped_set.hpp"
 
 namespace smisk::ipc::detail::robust {
 
@@ -283,15 +284,9 @@ using arena_of_fn = heap_arena* (*)(DB_ENV*) noexcept;
 inline std::atomic<arena_of_fn> arena_of{nullptr};
 
 /// Routes the calling thread's libdb allocations to `a` (nests).
-class arena_scope {
+class arena_scope : scoped_set<heap_arena*> {
  public:
-  explicit arena_scope(heap_arena* a) noexcept : previous_(current_arena) { current_arena = a; }
-  ~arena_scope() { current_arena = previous_; }
-  arena_scope(const arena_scope&) = delete;
-  arena_scope& operator=(const arena_scope&) = delete;
-
- private:
-  heap_arena* previous_;
+  explicit arena_scope(heap_arena* a) noexcept : scoped_set(current_arena, a) {}
 };
 
 inline heap_arena* arena_for_calling_thread() noexcept {

@@ -41,10 +41,17 @@
 // "Broken" memory: the mapping (a region file, __db.00N) that holds a mutex found EOWNERDEAD or
 // ENOTRECOVERABLE, or that libdb relocked while holding it (EDEADLK: after a failure its error
 // paths return with mutexes held, its MUTEX_LOCK macro returns DB_RUNRECOVERY at once, and
-// lock them again during the cleanup), plus whatever abort_waits(home) declares; the library
-// calls it when failchk reports DB_RUNRECOVERY, since the panic may have come from another
-// process. A wait in broken memory fails at once (and one already blocked, within 100 ms); libdb
-// then returns DB_RUNRECOVERY to the caller, which can leave the environment and recover it.
+// lock them again during the cleanup), plus whatever abort_waits_in(lo, hi) declares. The
+// library records the address ranges of an environment's regions when it opens it (under the
+// home's gate, for_each_region), and declares exactly those broken once it learns that the
+// environment needs recovery (environment::abort_waits, through checkpoint_state::abort_waits:
+// after an operation, a checkpoint or the watchdog's failchk got DB_RUNRECOVERY, or when the
+// registry takes the environment out of service), since the panic may have come from another
+// process; a newer environment of the same home, mapped later, is left alone. A wait also fails
+// when the environment of the calling thread's library call is known dead (broken_check:
+// broken in this process, or its panic flag set by another; robust_waits.hpp). A wait in broken
+// memory fails at once (and one already blocked, within 100 ms); libdb then returns
+// DB_RUNRECOVERY to the caller, which can leave the environment and recover it.
 //
 // Limits:
 //  * Only mutexes initialised after install() are robust: call it before the first DB_ENV is
@@ -53,12 +60,12 @@
 //    attributes decide for everyone. A child of fork() inherits the patched GOT.
 //  * Shared latches (pthread_rwlock_t, libdb's buffer-page latches) cannot be robust: a process
 //    killed while holding one blocks writers of that page until something declares the
-//    environment broken (failchk's "Thread died in Berkeley DB library", then abort_waits()).
+//    environment broken (failchk's "Thread died in Berkeley DB library", then abort_waits_in()).
 //  * "Self-blocking" mutexes (logical locks, group-commit waits) are held as a flag, not as a
 //    pthread mutex; a process that dies holding one is failchk's business, not this one's.
 //  * Only libdb's calls are patched (not those of other libraries or of the program); a copy of
 //    libdb loaded later (dlopen of another version) is not patched; DB_SYSTEM_MEM regions
-//    (shmat/shmdt) are not tracked by abort_waits(home).
+//    (shmat/shmdt) are not tracked by for_each_region() or abort_waits(home).
 //  * A process without the patch that meets EOWNERDEAD panics but keeps the mutex locked for
 //    ever; the waits of patched processes end only once something marks the memory broken.
 //  * Closing a broken DB_ENV unmaps its regions: only once no thread is inside it any more.
@@ -67,12 +74,18 @@
 // Use (what the library is expected to do):
 //   1. install() in every process, before its first db_env_create() (e.g. first thing in the
 //      environment's constructor; it is idempotent and cheap after the first call);
-//   2. the per-process watchdog that runs DB_ENV->failchk: on DB_RUNRECOVERY, call
-//      abort_waits(home), and again at every interval while the broken handle is open;
-//   3. calls then return DB_RUNRECOVERY (within ~100 ms for blocked ones); once no thread is
-//      inside the handle, close it and reopen with DB_RECOVER when no other process uses the home.
+//   2. right after opening an environment, record its regions (for_each_region); set
+//      broken_check, so that waits in an environment known dead fail;
+//   3. when anything of the process gets DB_RUNRECOVERY from it (an operation, a checkpoint, the
+//      watchdog's failchk), call abort_waits_in() on each recorded region and drop the calling
+//      thread's holds there (forget_broken_holds);
+//   4. calls then return DB_RUNRECOVERY (within ~100 ms for blocked ones); once no thread is
+//      inside the handle, close it (or release it) and reopen, recovering the home
+//      (bdb_recovery.hpp).
 //
-// API: install(), status(), owner_died_count(), abort_waits(home); counters in event_counts.
+// API: install(), status(), owner_died_count(), for_each_region(), abort_waits_in(lo, hi), and
+// abort_waits(home) (every mapping of the home's region files, older environments' and newer
+// alike: for experiments; the library uses abort_waits_in); counters in event_counts.
 #pragma once
 
 #include <limits.h>
@@ -117,14 +130,6 @@ inline std::uint64_t owner_died_count() noexcept {
   return event_counts.owner_died.load(std::memory_order_relaxed);
 }
 
-/// Declares broken the environment at `home` (the mappings of its region files, "__db.*", in
-/// this process): every wait that a thread of this process makes inside libdb on memory there
-/// (mutex, logical lock, page latch) fails from now on, and one already blocked within 100 ms,
-/// so that libdb returns DB_RUNRECOVERY. For the library's watchdog when failchk returns
-/// DB_RUNRECOVERY (the panic may have come from another process); call it while the broken
-/// environment is still open, before closing it. libdb's munmap of a region clears the mark.
-/// Returns how many mappings it marked (0 also when install() did not succeed: waits are then
-/// not sliced and cannot be ended).
 /// Calls f(lo, hi) for each live mapping of the region files of the environment at `home`
 /// ("__db.*", not deleted: the regions of an environment that was recovered since are deleted
 /// files). For recording an environment's memory right after opening it.
@@ -143,12 +148,21 @@ inline void for_each_region(const char* home, F&& f) noexcept {
   });
 }
 
-/// Declares broken the memory [lo, hi) (a region of an environment known broken): waits there
-/// fail from now on, as after abort_waits().
+/// Declares broken the memory [lo, hi) (a region of an environment known broken, as recorded by
+/// for_each_region): every wait that a thread of this process makes inside libdb on memory there
+/// (mutex, logical lock, page latch) fails from now on, and one already blocked within 100 ms,
+/// so that libdb returns DB_RUNRECOVERY. Call it while the broken environment is still mapped,
+/// before closing it; libdb's munmap of a region clears the mark. Does nothing when install()
+/// did not succeed (waits are then not sliced and cannot be ended).
 inline void abort_waits_in(std::uintptr_t lo, std::uintptr_t hi) noexcept {
   if (installed_flag.load(std::memory_order_acquire)) mark_broken(lo, hi);
 }
 
+/// abort_waits_in() for every mapping of the region files of the environment at `home`
+/// ("__db.*"), whichever environment they belong to. Not used by the library, which declares
+/// only the recorded regions of the broken environment (a newer one of the same home may be
+/// mapped already). Returns how many mappings it marked (0 also when install() did not
+/// succeed).
 inline int abort_waits(const char* home) noexcept {
   if (!installed_flag.load(std::memory_order_acquire)) return 0;
   char real[PATH_MAX + 8];

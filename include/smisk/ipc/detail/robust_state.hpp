@@ -14,6 +14,7 @@
 #include <cstdint>
 
 #include "posix.hpp"
+#include "scoped_set.hpp"
 
 namespace smisk::ipc::detail::robust {
 
@@ -76,15 +77,9 @@ inline void count(std::atomic<std::uint64_t>& c) noexcept {
 inline thread_local DB_ENV* current_env = nullptr;
 
 /// Marks the calling thread as inside a libdb call for `env` (nests).
-class library_call {
+class library_call : scoped_set<DB_ENV*> {
  public:
-  explicit library_call(DB_ENV* env) noexcept : previous_(current_env) { current_env = env; }
-  ~library_call() { current_env = previous_; }
-  library_call(const library_call&) = delete;
-  library_call& operator=(const library_call&) = delete;
-
- private:
-  DB_ENV* previous_;
+  explicit library_call(DB_ENV* env) noexcept : scoped_set(current_env, env) {}
 };
 
 }  // namespace smisk::ipc::detail::robust
