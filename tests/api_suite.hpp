@@ -126,6 +126,9 @@ TYPED_TEST_P(api, bracket_proxy_behaves_like_the_value) {
   d["same"] = "x";
   EXPECT_TRUE(d["k"] == d["same"]);
   EXPECT_FALSE(d["k"] != d["same"]);
+  d["later"] = "y";
+  EXPECT_TRUE(d["k"] < d["later"]);
+  EXPECT_TRUE(d["later"] >= d["k"]);
   EXPECT_EQ(d["k"]->size(), 1u);
   std::ostringstream shown;
   shown << d["k"] << '|' << d["same"];
@@ -173,13 +176,25 @@ TYPED_TEST_P(api, bracket_proxy_behaves_like_the_value) {
   EXPECT_EQ(u.at("w"), std::numeric_limits<std::uint32_t>::max() - 1);
 }
 
+// A key type that converts to std::string but not to std::string_view (as std::filesystem::path
+// does): lookups through `const K&` keep working for it.
+struct spelled {
+  std::string text;
+  operator std::string() const { return text; }  // NOLINT(google-explicit-constructor)
+};
+
+template <class D, class = void>
+struct looks_up_views : std::false_type {};
+template <class D>
+struct looks_up_views<
+    D, std::void_t<decltype(std::declval<const D&>().contains(std::declval<std::string_view>()))>>
+    : std::true_type {};
+
 TYPED_TEST_P(api, string_keys_are_looked_up_through_a_view) {
   auto d = this->template open<std::string, std::string>();
-  using dict = decltype(d);
-  // std::string is built from a view only explicitly: these are callable with a view only when
-  // the lookup takes one (no std::string made for it).
-  static_assert(std::is_invocable_v<decltype(&dict::contains), const dict&, std::string_view>);
-  static_assert(std::is_same_v<typename dict::key_view, std::string_view>);
+  // std::string is built from a view only explicitly: the lookups take views themselves (a
+  // literal or a view builds no std::string).
+  static_assert(looks_up_views<decltype(d)>::value);
   const std::string long_key(100, 'k');
   d[long_key] = "v";
   const std::string_view view = long_key;
@@ -190,9 +205,25 @@ TYPED_TEST_P(api, string_keys_are_looked_up_through_a_view) {
   EXPECT_FALSE(d.contains(view.substr(0, 99)));
   const auto& cd = d;
   EXPECT_EQ(cd[view], "v");
+  // Through a view on a dict that is not const, d[k] is the reference: it stores.
+  d[view] = "stored through a view";
+  EXPECT_EQ(d.at(long_key), "stored through a view");
+  d[std::string_view("new")] = "also";
+  EXPECT_EQ(d.at("new"), "also");
   EXPECT_TRUE(d.erase(view));
   EXPECT_FALSE(d.contains(long_key));
   EXPECT_FALSE(d.get("literal").has_value());
+  // What converts to std::string only still works, through const K&.
+  d["p"] = "q";
+  EXPECT_TRUE(d.contains(spelled{"p"}));
+  EXPECT_EQ(d.get(spelled{"p"}), std::optional<std::string>("q"));
+  EXPECT_TRUE(d.contains({"p"}));
+  EXPECT_TRUE(d.erase(spelled{"p"}));
+  // The stored value compares with what get() returns, either way round.
+  d["r"] = "s";
+  EXPECT_TRUE(d.get("r") == d["r"]);
+  EXPECT_TRUE(d["r"] == d.get("r"));
+  EXPECT_EQ(d.get("r"), d["r"]);
 }
 
 TYPED_TEST_P(api, insert_setdefault_erase_pop) {
@@ -221,7 +252,7 @@ TYPED_TEST_P(api, update_is_read_modify_write) {
     return v.value_or("") + "a";
   });
   EXPECT_EQ(appended, "a");
-  EXPECT_EQ(d.update("log", [](std::optional<std::string> v) { return *v + "b"; }), "ab");
+  EXPECT_EQ(d.update("log", [](std::optional<std::string> v) { return v.value() + "b"; }), "ab");
   EXPECT_EQ(d.at("log"), "ab");
 
   // An exception from fn leaves the value unchanged and propagates.

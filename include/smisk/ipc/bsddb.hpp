@@ -489,12 +489,12 @@ class backend {
     }
     if (action == modify_action::keep) return txn.commit();
     if (action == modify_action::store) {
+      DBT w = detail::bdb::make_dbt(out);  // a value too large throws before credit is taken
       const std::uint64_t before = exists ? k.size + old.size() : 0;
       const std::uint64_t after = std::uint64_t{k.size} + out.size();
       rc = space.confirm(detail::bdb::write_need(k.size, out.size(), old.size()),
                          after > before ? after - before : 0);
       if (rc != 0) return rc;
-      DBT w = detail::bdb::make_dbt(out);
       rc = detail::bdb::guarded(d, [&] { return db->put(db, txn.get(), &k, &w, 0); });
       if (rc == 0) rc = space.grew();  // the transaction aborts
     } else {

@@ -20,10 +20,6 @@ struct statistics {
   /// Berkeley DB recoveries this process ran because something broke: a process died inside
   /// the library while others used the home, or while it created or recovered the environment.
   std::uint64_t recoveries = 0;
-  /// DB_RECOVER runs at the first open of a home no live process used (a new home, one closed
-  /// cleanly, or one whose processes were all killed, whose log it then replays): routine, not
-  /// a sign that anything broke.
-  std::uint64_t first_open_recoveries = 0;
   std::uint64_t dead_process_checks = 0;     ///< failchk runs that found a dead process's damage
   std::uint64_t environments_abandoned = 0;  ///< broken environments left open (threads inside)
   std::uint64_t dead_mutex_owners = 0;       ///< libdb mutexes found held by a dead process
@@ -36,6 +32,10 @@ struct statistics {
                                           ///< applied after recovery (and so not redone)
   std::uint64_t writes_redone = 0;        ///< writes whose commit a break interrupted, found not
                                           ///< applied after recovery (and so redone)
+  /// DB_RECOVER runs at the first open of a home no live process used (a new home, one closed
+  /// cleanly, or one whose processes were all killed, whose log it then replays): routine, not
+  /// a sign that anything broke.
+  std::uint64_t first_open_recoveries = 0;
 };
 
 /// The counters of this process.

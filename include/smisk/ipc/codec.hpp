@@ -238,9 +238,6 @@ class encoded {
       bytes_ = buffer_;
     }
   }
-  /// A std::string key looked up through a view (shared_dict::key_view): its bytes are the view.
-  template <class U = T, class = std::enable_if_t<std::is_same_v<U, std::string>>>
-  explicit encoded(std::string_view v) noexcept : bytes_(v) {}
   encoded(const encoded&) = delete;
   encoded& operator=(const encoded&) = delete;
   [[nodiscard]] std::string_view bytes() const noexcept { return bytes_; }

@@ -42,7 +42,7 @@ class modify_scope : scoped_set<const void*> {
 /// A dictionary shared by every process and thread that opens it with the same options.
 ///
 /// Every single-key operation is atomic across processes and threads. Handles are cheap to copy;
-/// copies share one open engine. See DESIGN in the README for what survives what.
+/// copies share one open engine. The README's Guarantees say what survives what.
 template <class K, class V, class Backend = bsddb::backend>
 class shared_dict {
   static_assert((detail::check_codec<K>(), true));
@@ -59,10 +59,12 @@ class shared_dict {
   class reference;
   class const_iterator;
   using iterator = const_iterator;
-  /// What lookups (get, at, contains, erase, reading d[k]) take: a std::string_view for
-  /// std::string keys, so that a literal or a view is looked up without building a std::string;
-  /// `const K&` otherwise.
-  using key_view = std::conditional_t<std::is_same_v<K, std::string>, std::string_view, const K&>;
+  /// For std::string keys, lookups (get, at, contains, erase, d[k]) also take anything that
+  /// converts to std::string_view, a literal or a view, without building a std::string.
+  template <class T>
+  using if_view = std::enable_if_t<std::is_same_v<K, std::string> && !std::is_same_v<T, K> &&
+                                       std::is_convertible_v<const T&, std::string_view>,
+                                   int>;
 
   /// Opens the dict with default options (for bsddb: a temporary dict shared by every process
   /// of this program and user).
@@ -78,40 +80,56 @@ class shared_dict {
 
   /// The value stored under `key`, or nothing.
   /// @throws codec_error if the stored bytes do not decode as V.
-  [[nodiscard]] std::optional<V> get(key_view key) const {
-    check_reentry();
-    std::optional<V> result;
+  [[nodiscard]] std::optional<V> get(const K& key) const {
     detail::encoded<K> k(key);
-    backend_->get(k.bytes(),
-                  [&](std::string_view bytes) { result.emplace(detail::decode<V>(bytes)); });
-    return result;
+    return lookup(k.bytes());
+  }
+  template <class T, if_view<T> = 0>
+  [[nodiscard]] std::optional<V> get(const T& key) const {
+    return lookup(std::string_view(key));
   }
 
   /// The value stored under `key`, or `fallback`.
-  [[nodiscard]] V get(key_view key, V fallback) const {
-    std::optional<V> v = get(key);
-    return v ? std::move(*v) : std::move(fallback);
+  [[nodiscard]] V get(const K& key, V fallback) const { return get(key).value_or(fallback); }
+  template <class T, if_view<T> = 0>
+  [[nodiscard]] V get(const T& key, V fallback) const {
+    return get(key).value_or(fallback);
   }
 
   /// The value stored under `key`.
   /// @throws key_error if there is none.
-  [[nodiscard]] V at(key_view key) const {
-    std::optional<V> v = get(key);
-    if (!v) throw_key_error(key);
-    return std::move(*v);
+  [[nodiscard]] V at(const K& key) const { return found(get(key), key); }
+  template <class T, if_view<T> = 0>
+  [[nodiscard]] V at(const T& key) const {
+    return found(get(key), std::string_view(key));
   }
 
   /// Whether `key` is stored.
-  [[nodiscard]] bool contains(key_view key) const {
-    check_reentry();
+  [[nodiscard]] bool contains(const K& key) const {
     detail::encoded<K> k(key);
-    return backend_->exists(k.bytes());
+    return exists(k.bytes());
+  }
+  template <class T, if_view<T> = 0>
+  [[nodiscard]] bool contains(const T& key) const {
+    return exists(std::string_view(key));
   }
 
-  /// `d[k] = v` stores, `V v = d[k]` reads (throwing key_error when absent, like Python).
+  /// `d[k] = v` stores, `V v = d[k]` reads (throwing key_error when absent, like Python); see
+  /// shared_dict_reference.hpp for what else it does.
   [[nodiscard]] reference operator[](const K& key) { return reference(*this, key); }
-  /// Reads `key`. @throws key_error when absent.
-  [[nodiscard]] V operator[](key_view key) const { return at(key); }
+  template <class T, if_view<T> = 0>
+  [[nodiscard]] reference operator[](const T& key) {
+    return reference(*this, K(std::string_view(key)));
+  }
+  /// Reads `key`. @throws key_error when absent. (A const value: `cd[k] = v` on a const dict
+  /// would otherwise compile and change nothing.)
+  [[nodiscard]] const V operator[](const K& key) const {  // NOLINT(readability-const-return-type)
+    return at(key);
+  }
+  template <class T, if_view<T> = 0>
+  [[nodiscard]] const V operator[](const T& key) const {  // NOLINT(readability-const-return-type)
+    return at(key);
+  }
 
   // ---- change -----------------------------------------------------------------------------
 
@@ -149,10 +167,13 @@ class shared_dict {
   }
 
   /// Removes `key`. @returns true if it was there.
-  bool erase(key_view key) {
-    check_reentry();
+  bool erase(const K& key) {
     detail::encoded<K> k(key);
-    return backend_->remove(k.bytes());
+    return remove(k.bytes());
+  }
+  template <class T, if_view<T> = 0>
+  bool erase(const T& key) {
+    return remove(std::string_view(key));
   }
 
   /// Removes `key` and returns the value it had, or nothing if it was absent.
@@ -452,7 +473,28 @@ class shared_dict {
                          "; the value is unchanged");
   }
 
-  [[noreturn]] static void throw_key_error(key_view key) {
+  std::optional<V> lookup(std::string_view key) const {
+    check_reentry();
+    std::optional<V> result;
+    backend_->get(key, [&](std::string_view bytes) { result.emplace(detail::decode<V>(bytes)); });
+    return result;
+  }
+  bool exists(std::string_view key) const {
+    check_reentry();
+    return backend_->exists(key);
+  }
+  bool remove(std::string_view key) {
+    check_reentry();
+    return backend_->remove(key);
+  }
+  template <class Key>
+  static V found(std::optional<V>&& v, const Key& key) {
+    if (!v) throw_key_error(key);
+    return std::move(*v);
+  }
+
+  template <class Key>
+  [[noreturn]] static void throw_key_error(const Key& key) {
     std::string shown;
     if constexpr (std::is_convertible_v<const K&, std::string_view>) {
       shown = std::string(std::string_view(key).substr(0, 200));

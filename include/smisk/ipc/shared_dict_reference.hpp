@@ -2,6 +2,8 @@
 // SPDX-License-Identifier: MIT
 #pragma once
 
+#include <memory>
+#include <optional>
 #include <type_traits>
 #include <utility>
 
@@ -12,14 +14,27 @@ namespace smisk::ipc {
 /// What `d[k]` returns: a live reference to the value stored under `k`, which behaves like
 /// the value where it can. `d[k] = v` stores; `V v = d[k]`, comparisons with a value
 /// (`d[k] == "x"`), `std::cout << d[k]` and `d[k]->member()` read (and throw key_error when
-/// the key is absent); on arithmetic values `+=`, `-=`, `++` and `--` are atomic increments.
+/// the key is absent); on arithmetic values `+=` and `-=`, and on integers `++` and `--`, are
+/// atomic increments.
 /// Every use reads or writes the dict again: `auto v = d[k];` keeps the reference, not the
 /// value (write `V v = d[k]` or `d.at(k)` for a copy).
+namespace detail {
+/// Marks the references of every shared_dict, so that the comparison templates below leave
+/// them (and std::optional, which compares through its own templates) alone.
+struct dict_reference_tag {};
+template <class T>
+struct is_optional : std::false_type {};
+template <class T>
+struct is_optional<std::optional<T>> : std::true_type {};
+}  // namespace detail
+
 template <class K, class V, class Backend>
-class shared_dict<K, V, Backend>::reference {
-  /// Comparisons with anything but another reference (those compare both values).
+class shared_dict<K, V, Backend>::reference : detail::dict_reference_tag {
+  /// Comparisons with a plain value: not another dict's reference, not an optional (whose own
+  /// operators compare its value with this reference's).
   template <class U>
-  using other = std::enable_if_t<!std::is_same_v<U, reference>, int>;
+  using other = std::enable_if_t<
+      !std::is_base_of_v<detail::dict_reference_tag, U> && !detail::is_optional<U>::value, int>;
   static constexpr bool integer_value = std::is_integral_v<V> && !std::is_same_v<V, bool>;
 
  public:
@@ -80,7 +95,7 @@ class shared_dict<K, V, Backend>::reference {
   /// `d[k]->size()`: a member of a copy of the value. @throws key_error when absent.
   class arrow {
    public:
-    const V* operator->() const noexcept { return &value_; }
+    const V* operator->() const noexcept { return std::addressof(value_); }
 
    private:
     friend class reference;
@@ -89,10 +104,14 @@ class shared_dict<K, V, Backend>::reference {
   };
   [[nodiscard]] arrow operator->() const { return arrow(value()); }
 
-  // Comparisons with a value (`d[k] == "x"`, `0 < d[k]`) and with another reference compare
-  // the stored values. @throws key_error when absent.
+  // Comparisons with a value (`d[k] == "x"`, `0 < d[k]`) and with another reference of the same
+  // dict type compare the stored values. @throws key_error when absent.
   friend bool operator==(const reference& a, const reference& b) { return a.value() == b.value(); }
   friend bool operator!=(const reference& a, const reference& b) { return a.value() != b.value(); }
+  friend bool operator<(const reference& a, const reference& b) { return a.value() < b.value(); }
+  friend bool operator>(const reference& a, const reference& b) { return a.value() > b.value(); }
+  friend bool operator<=(const reference& a, const reference& b) { return a.value() <= b.value(); }
+  friend bool operator>=(const reference& a, const reference& b) { return a.value() >= b.value(); }
   template <class U, other<U> = 0>
   friend auto operator==(const reference& a, const U& b)
       -> decltype(std::declval<const V&>() == b) {
