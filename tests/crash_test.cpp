@@ -1,8 +1,8 @@
 // Crash tests (issue 3): processes SIGKILLed at random while they write, a lock holder frozen by
 // SIGSTOP, a home left by a fully crashed application, a deadlock storm of processes and threads
-// with page splits, and fork() in every direction. What must hold is what DESIGN.md promises: a
-// process killed at any instant never blocks the others for more than 2 s, nothing acknowledged
-// is lost, no deadlock reaches the caller, and the database verifies clean afterwards.
+// with page splits, and fork() in every direction. What must hold is what the README's Guarantees
+// promise: a process killed at any instant never blocks the others for more than 2 s, nothing
+// acknowledged is lost, no deadlock reaches the caller, and the database verifies clean afterwards.
 //
 // Every test runs under a watchdog and every child is waited for with a timeout, so a hang in
 // the library (a process killed inside a Berkeley DB mutex) is reported as a failure with a
@@ -50,7 +50,7 @@ using str_dict = ipc::shared_dict<std::string, std::string>;
 using std::chrono::milliseconds;
 using std::chrono::seconds;
 
-constexpr std::int64_t kStallLimitNs = 2'000'000'000;  // the bound DESIGN.md / issue 3 promise
+constexpr std::int64_t kStallLimitNs = 2'000'000'000;  // the bound the Guarantees promise
 
 // ---------------------------------------------------------------------------
 // Small helpers

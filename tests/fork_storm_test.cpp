@@ -1,5 +1,5 @@
 // fork() from any thread, at any moment, gives a child whose first call works at once
-// (DESIGN.md, "Living inside someone else's server"). A regression test for reported hangs:
+// (docs/embedding.md). A regression test for reported hangs:
 // children forked while other threads of the parent were opening or dropping dicts hung in
 // their first call on an inherited dict (a lock of the library, held by another thread at the
 // instant of fork(), is held for ever in the child, where that thread does not exist).

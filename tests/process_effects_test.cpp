@@ -1,6 +1,6 @@
-// What the library does process-wide stays scoped to its own environments (DESIGN.md, "Living
-// inside someone else's server"). Regression tests for reported failures of an application that
-// uses smisk-ipc beside code of its own:
+// What the library does process-wide stays scoped to its own environments (docs/embedding.md).
+// Regression tests for reported failures of an application that uses smisk-ipc beside code of its
+// own:
 //  * its own Berkeley DB environment, opened with the C API in the same process, must keep plain
 //    libdb mutexes: the library's robust-mutex patch of libdb's calls is for the library's
 //    environments only;

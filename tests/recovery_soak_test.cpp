@@ -1,5 +1,5 @@
 // A process that lives through any number of engine recoveries keeps a bounded number of file
-// descriptors, mappings, threads and bytes (DESIGN.md, "Living inside someone else's server").
+// descriptors, mappings, threads and bytes (docs/embedding.md).
 // A regression test for a reported leak: a long-lived server whose sibling workers were killed
 // now and then grew by about 5 descriptors and 17 KB per recovery, until it ran out of
 // descriptors.

@@ -1,7 +1,7 @@
-// bsddb::runtime_status(): what the library set up process-wide, visible at run time (DESIGN.md,
-// "Living inside someone else's server"). On this project's platform (Linux, glibc, x86-64 or
-// AArch64, Debian's libdb 5.3) both the robust-mutex patch of libdb and the fault guard must be
-// active once a dict is open, and the detail must say something a person can read.
+// bsddb::runtime_status(): what the library set up process-wide, visible at run time
+// (docs/embedding.md). On this project's platform (Linux, glibc, x86-64 or AArch64, Debian's
+// libdb 5.3) both the robust-mutex patch of libdb and the fault guard must be active once a dict is
+// open, and the detail must say something a person can read.
 #include <cstdint>
 #include <cstdio>
 #include <string>
