@@ -164,8 +164,7 @@ class backend {
     scan(
         DB_DBT_REALLOC, [&] { records.clear(); },
         [&](const DBT& k, const DBT& v) {
-          records.emplace_back(std::string(static_cast<const char*>(k.data), k.size),
-                               std::string(static_cast<const char*>(v.data), v.size));
+          records.emplace_back(detail::bdb::bytes_of(k), detail::bdb::bytes_of(v));
           return true;
         });
     for (const auto& [key, value] : records) fn(std::string_view(key), std::string_view(value));
@@ -498,12 +497,7 @@ class backend {
       rc = detail::bdb::guarded(d, [&] { return db->put(db, txn.get(), &k, &w, 0); });
       if (rc == 0) rc = space.grew();  // the transaction aborts
     } else {
-      if (space.counting()) {
-        rc = space.confirm(detail::bdb::erase_need(k.size, old.size()), 0);
-        if (rc != 0) return rc;
-        space.freed(std::uint64_t{k.size} + old.size());
-      }
-      rc = detail::bdb::guarded(d, [&] { return db->del(db, txn.get(), &k, 0); });
+      rc = erase_sized(d, txn.get(), k, old.size(), space);
     }
     return rc != 0 ? rc : commit(d, txn, ticket);
   }
@@ -511,11 +505,20 @@ class backend {
   /// Erases `k` in `txn`. In a home short of space its value's size is read first (without
   /// copying it): the erase's log must fit, and the bytes it frees become credit for writes.
   static int erase(detail::bdb::database& d, DB_TXN* txn, DBT& k, detail::bdb::space_use& space) {
+    std::uint64_t size = 0;
     if (space.counting()) {
-      std::uint64_t size = 0;
-      int rc = detail::bdb::stored_size(d, txn, k, size);
+      const int rc = detail::bdb::stored_size(d, txn, k, size);
       if (rc != 0) return rc;
-      rc = space.confirm(detail::bdb::erase_need(k.size, size), 0);
+    }
+    return erase_sized(d, txn, k, size, space);
+  }
+
+  /// Erases `k`, whose value has `size` bytes, in `txn`; in a home short of space, only if the
+  /// erase's log fits, and what it frees is credit once it commits.
+  static int erase_sized(detail::bdb::database& d, DB_TXN* txn, DBT& k, std::uint64_t size,
+                         detail::bdb::space_use& space) {
+    if (space.counting()) {
+      const int rc = space.confirm(detail::bdb::erase_need(k.size, size), 0);
       if (rc != 0) return rc;
       space.freed(std::uint64_t{k.size} + size);
     }

@@ -90,10 +90,12 @@ class shared_dict {
   }
 
   /// The value stored under `key`, or `fallback`.
-  [[nodiscard]] V get(const K& key, V fallback) const { return get(key).value_or(fallback); }
+  [[nodiscard]] V get(const K& key, V fallback) const {
+    return get(key).value_or(std::move(fallback));
+  }
   template <class T, if_view<T> = 0>
   [[nodiscard]] V get(const T& key, V fallback) const {
-    return get(key).value_or(fallback);
+    return get(key).value_or(std::move(fallback));
   }
 
   /// The value stored under `key`.
@@ -258,12 +260,7 @@ class shared_dict {
     }
   }
   /// increment(key, 1).
-  V increment(const K& key) {
-    static_assert(counter_value,
-                  "smisk::ipc: increment() needs an arithmetic value type (an "
-                  "integer or a floating-point number); use update() otherwise");
-    return increment(key, one());
-  }
+  V increment(const K& key) { return increment(key, one()); }
 
   /// Stores `desired` if the stored value equals `expected` (nothing means "absent"). Values are
   /// compared by their stored bytes. @returns whether it stored.

@@ -27,6 +27,11 @@
 
 namespace smisk::ipc::detail::bdb {
 
+/// The bytes a DBT points to.
+inline std::string_view bytes_of(const DBT& d) noexcept {
+  return {static_cast<const char*>(d.data), d.size};
+}
+
 /// A DBT over `bytes`. Berkeley DB's sizes are 32-bit: a key or value of 4 GiB or more would be
 /// cut to its size modulo 4 GiB, so it is refused before anything is changed.
 /// @throws size_error
@@ -155,7 +160,7 @@ class database {
       std::string_view write = wanted;  // what the record is to say
       bool in_numeric_order = numeric;
       if (rc == 0) {
-        std::string stored(static_cast<const char*>(v.data), v.size);
+        std::string stored(bytes_of(v));
         std::free(v.data);
         tag_match match = match_tags(stored, wanted);
         if (match == tag_match::different && numeric) {
@@ -195,11 +200,6 @@ class database {
   std::mutex shutdown_mutex_;
   std::atomic<bool> closed_{false};
 };
-
-/// The bytes a DBT points to.
-inline std::string_view bytes_of(const DBT& d) noexcept {
-  return {static_cast<const char*>(d.data), d.size};
-}
 
 /// The key DBT of a lookup (DB->get, DB->exists, which is a get). With a comparison function of
 /// our own (numeric order), DB->get may return the stored key that compared equal, and a

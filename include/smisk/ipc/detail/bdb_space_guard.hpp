@@ -137,7 +137,7 @@ class space_guard {
 
   space_guard(std::string home, unsigned mode) : home_(std::move(home)), mode_(mode) {}
   ~space_guard() {
-    if (shared_) ::munmap(static_cast<void*>(shared_), sizeof(shared_state));
+    if (shared_state* sh = shared()) ::munmap(static_cast<void*>(sh), sizeof(shared_state));
   }
   space_guard(const space_guard&) = delete;
   space_guard& operator=(const space_guard&) = delete;
@@ -158,10 +158,10 @@ class space_guard {
     last_ = r;
     const std::uint64_t usable = r.usable();
     interval_.store(checkpoint_interval(usable), std::memory_order_relaxed);
-    map_shared_locked();
-    if (shared_) {
+    shared_state* sh = map_shared_locked();
+    if (sh) {
       // Another process may have stored a larger value.
-      const std::uint64_t largest = shared_->largest.load(std::memory_order_relaxed);
+      const std::uint64_t largest = sh->largest.load(std::memory_order_relaxed);
       if (largest > largest_local_.load(std::memory_order_relaxed))
         largest_local_.store(largest, std::memory_order_relaxed);
     }
@@ -175,7 +175,7 @@ class space_guard {
     // before are reused by the writes that the plenty level lets through).
     const bool near = usable < 2 * space_reserve_growth + extra;
     counting_.store(near, std::memory_order_relaxed);
-    if (shared_ && !near) shared_->credit.store(0, std::memory_order_relaxed);
+    if (sh && !near) sh->credit.store(0, std::memory_order_relaxed);
     if (usable >= space_reserve_growth + transient + need.pages) {
       budget_.store(static_cast<std::int64_t>((usable - space_reserve_growth - extra) / 64),
                     std::memory_order_relaxed);
@@ -197,11 +197,10 @@ class space_guard {
     const std::uint64_t before = largest_local_.load(std::memory_order_relaxed);
     if (size <= before) return;
     std::lock_guard<std::mutex> lock(mutex_);
-    map_shared_locked();
-    if (shared_) {
-      std::uint64_t have = shared_->largest.load(std::memory_order_relaxed);
+    if (shared_state* sh = map_shared_locked()) {
+      std::uint64_t have = sh->largest.load(std::memory_order_relaxed);
       while (have < size &&
-             !shared_->largest.compare_exchange_weak(have, size, std::memory_order_relaxed)) {
+             !sh->largest.compare_exchange_weak(have, size, std::memory_order_relaxed)) {
       }
       if (have > size) size = have;
     }
@@ -352,19 +351,17 @@ class space_guard {
   static_assert(std::atomic<std::int64_t>::is_always_lock_free &&
                 std::atomic<std::uint64_t>::is_always_lock_free);
 
-  shared_state* shared() noexcept {
-    return shared_ready_.load(std::memory_order_acquire) ? shared_ : nullptr;
-  }
+  shared_state* shared() noexcept { return shared_.load(std::memory_order_acquire); }
 
   /// Maps <home>/smisk-ipc.space (made if missing), once; tried again at the next measurement if
   /// it fails (then there is no credit, and writes in a tight home are refused). Called with
-  /// mutex_ held.
-  void map_shared_locked() noexcept {
-    if (shared_) return;
+  /// mutex_ held. @returns it, or nullptr.
+  shared_state* map_shared_locked() noexcept {
+    if (shared_state* sh = shared()) return sh;
     const std::string path = home_ + "/" + space_file_name;
     const int fd =
         ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, static_cast<mode_t>(mode_));
-    if (fd < 0) return;
+    if (fd < 0) return nullptr;
     struct stat st {};
     void* p = MAP_FAILED;
     if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
@@ -372,9 +369,10 @@ class space_guard {
          ::ftruncate(fd, sizeof(shared_state)) == 0))
       p = ::mmap(nullptr, sizeof(shared_state), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     ::close(fd);
-    if (p == MAP_FAILED) return;
-    shared_ = static_cast<shared_state*>(p);  // zero-filled when new: no credit, no value
-    shared_ready_.store(true, std::memory_order_release);
+    if (p == MAP_FAILED) return nullptr;
+    auto* sh = static_cast<shared_state*>(p);  // zero-filled when new: no credit, no value
+    shared_.store(sh, std::memory_order_release);
+    return sh;
   }
 
   std::string home_;
@@ -384,9 +382,8 @@ class space_guard {
   std::atomic<std::uint64_t> interval_{std::uint64_t{1} << 20};
   std::atomic<std::chrono::steady_clock::rep> last_room_{0};
   std::mutex mutex_;
-  space_reading last_;              // under mutex_
-  shared_state* shared_ = nullptr;  // set once, under mutex_
-  std::atomic<bool> shared_ready_{false};
+  space_reading last_;                           // under mutex_
+  std::atomic<shared_state*> shared_{nullptr};   // set once, under mutex_
   std::atomic<std::uint64_t> largest_local_{0};  // this process's view of shared_->largest
   std::uint64_t checkpoint_word_ = 0;            // under environment's checkpoint mutex
 };
