@@ -17,6 +17,7 @@ packages=(
   spawn-fcgi       # starts its prefork workers (demo, tests)
   nginx-light      # the web server in front of them: a private instance on 127.0.0.1 (demo, tests)
   curl             # the demo's and the tests' HTTP client
+  gdb              # the crash tests print every thread's stack when something hangs
 )
 
 if ! command -v dpkg-query >/dev/null 2>&1; then

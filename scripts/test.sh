@@ -39,8 +39,10 @@ if step "configure build" cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo 
   -DSMISK_IPC_BUILD_TESTS=ON -DSMISK_IPC_BUILD_EXAMPLES=ON -DSMISK_IPC_SANITIZE=OFF &&
   step "build build" cmake --build build -j"$jobs"; then
   step "ctest build" ctest --test-dir build --output-on-failure -j2 -LE 'chaos_long|crash|soak'
-  step "ctest build (crash)" ctest --test-dir build --output-on-failure -L crash \
-    -LE 'chaos_long|soak'
+  # A hang there prints the stacks of the processes involved (gdb), so that it can be understood
+  # from the log alone.
+  step "ctest build (crash)" env SMISK_TEST_STACKS=1 ctest --test-dir build --output-on-failure \
+    -L crash -LE 'chaos_long|soak'
 fi
 
 # build-asan/: Debug with AddressSanitizer and UndefinedBehaviorSanitizer.

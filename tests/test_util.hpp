@@ -373,11 +373,11 @@ inline child_status status_from_wait(pid_t pid, int wstatus) {
 
 /// Waits for all pids until the common deadline. Children still running then
 /// are SIGKILLed, reaped, marked timed_out, and the current test fails.
-/// With SMISK_TEST_STACKS=1 in the environment, prints every thread's stack of a process (and
-/// of this one, once) with gdb: what a child that hangs is waiting for. A debugging aid only.
+/// With SMISK_TEST_STACKS=1 (or 2) in the environment, prints every thread's stack of a process
+/// (and of this one, once) with gdb: what a child that hangs is waiting for. A debugging aid only.
 inline void dump_stacks(pid_t pid) {
   const char* on = std::getenv("SMISK_TEST_STACKS");
-  if (!on || std::string(on) != "1") return;
+  if (!on || (std::string(on) != "1" && std::string(on) != "2")) return;  // 2: see crash_test
   static bool self_done = false;
   auto run = [](pid_t p) {
     std::string cmd = "gdb -p " + std::to_string(p) +
@@ -397,6 +397,7 @@ inline void dump_stacks(pid_t pid) {
       if (std::system(cmd.c_str()) != 0) std::fprintf(stderr, "(db5.3_stat failed)\n");
     }
   }
+  if (pid == ::getpid()) return;  // done above
   run(pid);
   std::string maps = "grep -E '__db|smisk-ipc' /proc/" + std::to_string(pid) + "/maps >&2";
   if (std::system(maps.c_str()) != 0) std::fprintf(stderr, "(no maps)\n");
@@ -628,6 +629,7 @@ class watchdog {
                          what_.c_str(), static_cast<long long>(limit.count()));
             std::fflush(stdout);
             std::fflush(stderr);
+            dump_stacks(::getpid());  // with SMISK_TEST_STACKS=1
             if (::getpid() == owner_) detail::live_temp_dirs::instance().remove_all_trees();
             ::_exit(124);
           }
